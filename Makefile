@@ -1,0 +1,38 @@
+# Set-up is part of every target: a fresh machine needs only python3 (>= 3.11) and make.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU build of torch used on this project's machines; CUDA users: see README ("GPU").
+TORCH  ?= torch==2.13.0
+PRESET ?= cpu
+OUT    ?= runs
+
+# Corpora: LMLAB_DATA_DIR if set, else ../shared/data when it exists, else lmlab's default cache.
+ifeq ($(origin LMLAB_DATA_DIR), undefined)
+  ifneq ($(wildcard ../shared/data),)
+    export LMLAB_DATA_DIR := $(abspath ../shared/data)
+  endif
+endif
+
+.PHONY: run test bench install clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev,tensorboard]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(VENV)/bin/lmlab run --preset $(PRESET) --out $(OUT)
+
+# Two workers with one thread each: two threads per process collapse when another process runs.
+test: $(VENV)/.installed
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -q
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,70 @@
+"""Configs are data: a TOML preset per (model, preset), every key overridable with ``key=value``.
+
+A config is a plain nested dict, so it serialises to ``config.json`` as is and two runs can be compared
+by comparing dicts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tomllib
+from importlib import resources
+from typing import Any
+
+from lmlab.errors import LmlabError
+
+PRESETS = ("smoke", "cpu", "gpu")
+
+
+def _config_root():
+    return resources.files("lmlab") / "configs"
+
+
+def available_models() -> list[str]:
+    return sorted(p.name for p in _config_root().iterdir() if p.is_dir())
+
+
+def load_preset(model: str, preset: str) -> dict[str, Any]:
+    """The preset's config for one model; unknown names give the list of known ones."""
+    if model not in available_models():
+        raise LmlabError(f"unknown model '{model}': choose one of {', '.join(available_models())}")
+    path = _config_root() / model / f"{preset}.toml"
+    if not path.is_file():
+        raise LmlabError(f"unknown preset '{preset}' for {model}: choose one of {', '.join(PRESETS)}")
+    with path.open("rb") as f:
+        return tomllib.load(f)
+
+
+def parse_value(text: str) -> Any:
+    """Read an override value as TOML would (numbers, booleans, strings, lists); bare words are strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``config`` with each ``section.key=value`` applied.
+
+    Only keys that exist may be overridden, so a typo fails loudly instead of being ignored.
+    """
+    config = copy.deepcopy(config)
+    for item in overrides:
+        if "=" not in item:
+            raise LmlabError(f"bad override '{item}': write it as section.key=value")
+        dotted, raw = item.split("=", 1)
+        *parents, leaf = dotted.strip().split(".")
+        node = config
+        for name in parents:
+            if not isinstance(node.get(name), dict):
+                raise LmlabError(f"unknown config key '{dotted}': see the preset's TOML for the keys")
+            node = node[name]
+        if leaf not in node:
+            raise LmlabError(f"unknown config key '{dotted}': see the preset's TOML for the keys")
+        node[leaf] = parse_value(raw.strip())
+    return config
+
+
+def canonical_json(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, indent=2)

@@ -1,0 +1,1 @@
+"""Data components: the corpus registry (files, checksums, downloads), vocabularies and batching."""

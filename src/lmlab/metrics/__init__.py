@@ -1,0 +1,1 @@
+"""Metrics components: functions of numbers and tensors, never of run directories."""

@@ -1,0 +1,36 @@
+"""``torch.nn`` equivalents of the from-scratch layers, with identical parameter names and call signatures."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TorchElmanLayer(nn.RNN):
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__(input_size, hidden_size, num_layers=1, nonlinearity="tanh")
+
+    def initial_state(self, batch_size: int, like: torch.Tensor) -> torch.Tensor:
+        return like.new_zeros(1, batch_size, self.hidden_size)
+
+
+class TorchLSTMLayer(nn.LSTM):
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__(input_size, hidden_size, num_layers=1)
+
+    def initial_state(self, batch_size: int, like: torch.Tensor):
+        zeros = like.new_zeros(1, batch_size, self.hidden_size)
+        return zeros, zeros.clone()
+
+
+class TorchBlock(nn.TransformerEncoderLayer):
+    """A pre-LN GPT block: nn.TransformerEncoderLayer with GELU, batch-first, norm-first, causal mask."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float):
+        super().__init__(
+            d_model, n_heads, d_ff, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = nn.Transformer.generate_square_subsequent_mask(x.size(1), device=x.device, dtype=x.dtype)
+        return super().forward(x, src_mask=mask, is_causal=True)

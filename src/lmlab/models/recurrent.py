@@ -1,0 +1,76 @@
+"""Recurrent language model: embedding -> stacked RNN/LSTM layers -> linear decoder over the vocabulary.
+
+The recurrent layers are the only part that differs between ``impl = "scratch"`` (our tensor-op layers)
+and ``impl = "nn"`` (``torch.nn.RNN``/``LSTM``, one per layer). Their parameters carry the same names, so a
+state dict of one loads into the other, which is how the tests prove the two compute the same function.
+Layers are stacked one module per layer (not ``nn.LSTM(num_layers=L)``) so that dropout between layers can
+use one mask across time, which ``nn.LSTM``'s built-in inter-layer dropout cannot.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from lmlab.models import nn_twins
+from lmlab.models.dropout import LockedDropout
+from lmlab.models.lstm import LSTMLayer
+from lmlab.models.rnn import ElmanLayer
+
+LAYERS = {
+    ("rnn", "scratch"): ElmanLayer,
+    ("rnn", "nn"): nn_twins.TorchElmanLayer,
+    ("lstm", "scratch"): LSTMLayer,
+    ("lstm", "nn"): nn_twins.TorchLSTMLayer,
+}
+
+
+class RecurrentLM(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        cell: str = "lstm",
+        impl: str = "scratch",
+        emb_size: int = 200,
+        hidden_size: int = 200,
+        num_layers: int = 2,
+        dropout_emb: float = 0.0,
+        dropout_layer: float = 0.0,
+        dropout_out: float = 0.0,
+        tie_weights: bool = True,
+        init_range: float = 0.1,
+    ):
+        super().__init__()
+        if (cell, impl) not in LAYERS:
+            raise ValueError(f"unknown recurrent cell/impl {cell}/{impl}")
+        if tie_weights and hidden_size != emb_size:
+            raise ValueError(f"tie_weights needs hidden_size == emb_size (got {hidden_size} and {emb_size})")
+        layer = LAYERS[(cell, impl)]
+        self.encoder = nn.Embedding(vocab_size, emb_size)
+        self.layers = nn.ModuleList(
+            layer(emb_size if k == 0 else hidden_size, hidden_size) for k in range(num_layers)
+        )
+        self.drop_emb = LockedDropout(dropout_emb)
+        self.drop_layer = LockedDropout(dropout_layer)
+        self.drop_out = LockedDropout(dropout_out)
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+        # Tying (Press & Wolf 2017; Inan et al. 2017) shares the input and output word vectors: fewer
+        # parameters and a better perplexity at this scale.
+        if tie_weights:
+            self.decoder.weight = self.encoder.weight
+        nn.init.uniform_(self.encoder.weight, -init_range, init_range)
+        if not tie_weights:
+            nn.init.uniform_(self.decoder.weight, -init_range, init_range)
+        nn.init.zeros_(self.decoder.bias)
+
+    def initial_state(self, batch_size: int, like):
+        return [layer.initial_state(batch_size, like) for layer in self.layers]
+
+    def forward(self, tokens, state):
+        """tokens: (T, B) ids; state: one entry per layer. Returns logits (T, B, V) and the new state."""
+        x = self.drop_emb(self.encoder(tokens))
+        new_state = []
+        for k, (layer, layer_state) in enumerate(zip(self.layers, state)):
+            x, s = layer(x, layer_state)
+            new_state.append(s)
+            x = self.drop_layer(x) if k < len(self.layers) - 1 else self.drop_out(x)
+        return self.decoder(x), new_state

@@ -1,0 +1,139 @@
+"""GPT-style causal Transformer decoder from tensor operations.
+
+token + learned position embeddings -> L pre-LN blocks [x + attn(LN(x)); x + mlp(LN(x))] -> LN -> logits.
+
+Module and parameter names follow ``torch.nn.TransformerEncoderLayer(norm_first=True)`` (``self_attn.
+in_proj_weight``, ``linear1``, ``norm1``, ...), so with ``impl = "nn"`` the same state dict drives the
+``torch.nn`` blocks; the tests use that to prove both compute the same function.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerNorm(nn.Module):
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last dimension (biased variance, as nn.LayerNorm)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(-1, keepdim=True)
+        var = (x - mean).pow(2).mean(-1, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class OutProjection(nn.Linear):
+    """A plain linear layer; its own class only so the residual-scaled initialisation can find it."""
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float, attn_impl: str):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        if attn_impl not in ("matmul", "sdpa"):
+            raise ValueError(f"unknown attn_impl '{attn_impl}': choose matmul or sdpa")
+        self.n_heads = n_heads
+        self.attn_impl = attn_impl
+        self.dropout = dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))  # q, k, v stacked
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
+        self.out_proj = OutProjection(d_model, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, steps, d_model = x.shape
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).split(d_model, dim=-1)
+        # (B, T, D) -> (B, heads, T, D/heads)
+        q, k, v = (t.view(batch, steps, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
+        p = self.dropout if self.training else 0.0
+        if self.attn_impl == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+            future = torch.ones(steps, steps, dtype=torch.bool, device=x.device).triu(1)
+            weights = F.dropout(scores.masked_fill(future, float("-inf")).softmax(-1), p)
+            y = weights @ v
+        return self.out_proj(y.transpose(1, 2).reshape(batch, steps, d_model))
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, attn_impl: str):
+        super().__init__()
+        self.norm1 = LayerNorm(d_model)
+        self.self_attn = CausalSelfAttention(d_model, n_heads, dropout, attn_impl)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm2 = LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = OutProjection(d_ff, d_model)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout1(self.self_attn(self.norm1(x)))
+        return x + self.dropout2(self.linear2(self.dropout(F.gelu(self.linear1(self.norm2(x))))))
+
+
+class TransformerLM(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        impl: str = "scratch",
+        d_model: int = 256,
+        n_layers: int = 4,
+        n_heads: int = 4,
+        d_ff: int = 1024,
+        context_length: int = 128,
+        dropout: float = 0.1,
+        dropout_emb: float = 0.1,
+        tie_weights: bool = True,
+        attn_impl: str = "sdpa",
+    ):
+        super().__init__()
+        from lmlab.models.nn_twins import TorchBlock  # the nn twin of Block
+
+        if impl not in ("scratch", "nn"):
+            raise ValueError(f"unknown impl '{impl}': choose scratch or nn")
+        self.context_length = context_length
+        self.tok_emb = nn.Embedding(vocab_size, d_model)
+        self.pos_emb = nn.Embedding(context_length, d_model)
+        self.drop = nn.Dropout(dropout_emb)
+        make = (lambda: Block(d_model, n_heads, d_ff, dropout, attn_impl)) if impl == "scratch" else (
+            lambda: TorchBlock(d_model, n_heads, d_ff, dropout)
+        )
+        self.blocks = nn.ModuleList(make() for _ in range(n_layers))
+        self.norm_f = LayerNorm(d_model) if impl == "scratch" else nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        if tie_weights:
+            self.head.weight = self.tok_emb.weight
+        self._init_weights(n_layers)
+
+    def _init_weights(self, n_layers: int) -> None:
+        """GPT-2 initialisation: N(0, 0.02), residual output projections scaled by 1/sqrt(2L)."""
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                continue
+            std = 0.02 / math.sqrt(2 * n_layers) if name.endswith(("out_proj.weight", "linear2.weight")) else 0.02
+            nn.init.normal_(p, 0.0, std)
+        for name, p in self.named_parameters():
+            if p.dim() == 1 and "norm" not in name:
+                nn.init.zeros_(p)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (B, T) ids with T <= context_length. Returns logits (B, T, V)."""
+        steps = tokens.size(1)
+        if steps > self.context_length:
+            raise ValueError(f"sequence of {steps} tokens exceeds context_length={self.context_length}")
+        positions = torch.arange(steps, device=tokens.device)
+        x = self.drop(self.tok_emb(tokens) + self.pos_emb(positions))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm_f(x))

@@ -1,0 +1,1 @@
+"""Recipes: one module per job a user runs, built from the components."""

@@ -1,0 +1,1 @@
+"""Report components: plots and documents built from numbers a run wrote."""

@@ -1,0 +1,37 @@
+"""Figures for run directories (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_curves(rows: list[dict], path: Path, title: str) -> None:
+    """Train and validation perplexity per epoch (log scale), with the learning rate on a second axis."""
+    epochs = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    ax.plot(epochs, [r["train_ppl"] for r in rows], "o-", label="train")
+    ax.plot(epochs, [r["valid_ppl"] for r in rows], "s-", label="validation")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("perplexity (per word, log scale)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if all("lr" in r for r in rows):
+        lr_ax = ax.twinx()
+        lr_ax.plot(epochs, [r["lr"] for r in rows], ":", color="grey", label="learning rate")
+        lr_ax.set_ylabel("learning rate (end of epoch)", color="grey")
+        lr_ax.set_yscale("log" if all(r["lr"] > 0 for r in rows) else "linear")
+    best = min(rows, key=lambda r: r["valid_ppl"])
+    if math.isfinite(best["valid_ppl"]):
+        ax.annotate(f"best {best['valid_ppl']:.1f}", (best["epoch"], best["valid_ppl"]),
+                    textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

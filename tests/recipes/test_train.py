@@ -1,0 +1,142 @@
+"""lmlab train end to end: run directory contents, resume, early stopping, divergence and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lmlab.cli import main
+
+EPOCH_KEYS = {"epoch", "train_loss", "train_ppl", "valid_loss", "valid_ppl", "tokens_per_s", "seconds"}
+
+
+def tiny(corpus, *extra):
+    return ["--set", f"data.corpus={corpus}", "--set", "data.max_eval_tokens=0", *extra]
+
+
+def rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("model", ["rnn", "lstm", "transformer"])
+def test_smoke_preset_on_ptb_writes_a_complete_run(model, ptb_available, tmp_path):
+    run = tmp_path / model
+    assert main(["train", "--model", model, "--preset", "smoke", "--out", str(run)]) == 0
+    metrics = rows(run)
+    assert [r["epoch"] for r in metrics] == [1, 2] and all(EPOCH_KEYS <= set(r) for r in metrics)
+    final = json.loads((run / "final.json").read_text())
+    assert final["parameters"]["total"] > final["parameters"]["non_embedding"] > 0
+    assert final["vocab_size"] == 10_000 and final["tokens"]["test"] == 4000
+    assert min(r["valid_ppl"] for r in metrics) == pytest.approx(final["valid_ppl"], rel=1e-9)
+    assert json.loads((run / "config.json").read_text())["model"]["arch"] == model
+    assert (run / "curves.png").stat().st_size > 1000 and (run / "best.pt").is_file()
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tiny_corpus, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    args = ["train", "--model", "lstm", "--preset", "smoke"]
+    assert main([*args, "--out", str(straight), *tiny(tiny_corpus, "--set", "train.epochs=3")]) == 0
+    assert main([*args, "--out", str(resumed), *tiny(tiny_corpus, "--set", "train.epochs=1")]) == 0
+    assert main([*args, "--out", str(resumed), "--resume", *tiny(tiny_corpus, "--set", "train.epochs=3")]) == 0
+    a, b = rows(straight), rows(resumed)
+    assert [r["epoch"] for r in b] == [1, 2, 3]
+    for x, y in zip(a, b):
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-6)
+        assert x["valid_loss"] == pytest.approx(y["valid_loss"], rel=1e-6)
+
+
+def test_a_finished_run_is_never_overwritten(tiny_corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--model", "rnn", "--preset", "smoke", "--out", str(run), *tiny(tiny_corpus, "--set", "train.epochs=1")]
+    assert main(args) == 0
+    before = (run / "final.json").read_text()
+    assert main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run / "final.json").read_text() == before
+
+
+def test_resume_refuses_a_different_config(tiny_corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["train", "--model", "rnn", "--preset", "smoke", "--out", str(run)]
+    assert main([*base, *tiny(tiny_corpus, "--set", "train.epochs=1")]) == 0
+    assert main([*base, "--resume", *tiny(tiny_corpus, "--set", "model.hidden_size=16")]) == 2
+    assert "differs in model.hidden_size" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_gives_one_line(tiny_corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["train", "--model", "rnn", "--preset", "smoke", "--out", str(run)]
+    assert main([*base, *tiny(tiny_corpus, "--set", "train.epochs=1")]) == 0
+    (run / "last.pt").write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    assert main([*base, "--resume", *tiny(tiny_corpus, "--set", "train.epochs=2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unreadable" in err[0] and "Traceback" not in err[0]
+
+
+def test_early_stopping_after_patience_epochs(tiny_corpus, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "rnn", "--preset", "smoke", "--out", str(run),
+                 *tiny(tiny_corpus, "--set", "train.epochs=5", "--set", "train.patience=1",
+                       "--set", "optim.lr=0.0", "--set", "optim.schedule=constant")]) == 0
+    assert len(rows(run)) == 2
+    assert json.loads((run / "final.json").read_text())["status"] == "early_stopped"
+
+
+def test_divergence_stops_with_a_message_and_keeps_results(tiny_corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--model", "rnn", "--preset", "smoke", "--out", str(run),
+                 *tiny(tiny_corpus, "--set", "optim.lr=1e38", "--set", "optim.clip=0")])
+    captured = capsys.readouterr()
+    assert code == 2 and "diverged" in captured.err
+    if (run / "best.pt").is_file():  # the first epoch may have finished before the loss blew up
+        assert json.loads((run / "final.json").read_text())["status"] == "diverged"
+
+
+def test_missing_corpus_and_bad_names_are_one_line_errors(tmp_path):
+    env = dict(os.environ, LMLAB_DATA_DIR=str(tmp_path / "empty"))
+    for args, expected in [
+        (["--model", "lstm", "--preset", "smoke"], "lmlab data download ptb"),
+        (["--model", "gru", "--preset", "smoke"], "unknown model 'gru'"),
+        (["--model", "lstm", "--preset", "tiny"], "unknown preset 'tiny'"),
+        (["--model", "lstm", "--preset", "smoke", "--set", "optim.nope=1"], "unknown config key"),
+    ]:
+        proc = subprocess.run([sys.executable, "-m", "lmlab", "train", *args, "--out", str(tmp_path / "r")],
+                              capture_output=True, text=True, env=env)
+        assert proc.returncode == 2, proc.stderr
+        assert expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_tensorboard_logging(tiny_corpus, tmp_path):
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "run"
+    assert main(["train", "--model", "rnn", "--preset", "smoke", "--out", str(run),
+                 *tiny(tiny_corpus, "--set", "train.epochs=1", "--set", "log.tensorboard=true")]) == 0
+    assert any((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tiny_corpus, tmp_path):
+    """torchrun with 2 gloo processes, each on half the columns, must train the same model as 1 process."""
+    common = ["--model", "lstm", "--preset", "smoke", *tiny(tiny_corpus, "--set", "train.epochs=1",
+              "--set", "model.dropout_emb=0.0", "--set", "model.dropout_layer=0.0", "--set", "model.dropout_out=0.0",
+              "--set", "train.threads=1")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    single = subprocess.run([sys.executable, "-m", "lmlab", "train", "--out", str(tmp_path / "one"), *common],
+                            capture_output=True, text=True, env=env)
+    assert single.returncode == 0, single.stderr
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "lmlab", "train", "--out", str(tmp_path / "two"), *common],
+                            capture_output=True, text=True, env=env)
+    assert double.returncode == 0, double.stderr
+    one, two = rows(tmp_path / "one")[0], rows(tmp_path / "two")[0]
+    assert one["train_loss"] == pytest.approx(two["train_loss"], rel=1e-5)
+    assert one["valid_loss"] == pytest.approx(two["valid_loss"], rel=1e-5)
+    w1 = torch.load(tmp_path / "one" / "best.pt")["model"]
+    w2 = torch.load(tmp_path / "two" / "best.pt")["model"]
+    for name in w1:
+        torch.testing.assert_close(w1[name], w2[name], atol=1e-5, rtol=1e-4, msg=name)
