@@ -28,8 +28,7 @@ def ptb_available():
     return data_dir()
 
 
-@pytest.fixture
-def tiny_corpus(tmp_path: Path) -> Path:
+def write_tiny_corpus(parent: Path) -> Path:
     """A folder with train/valid/test.txt drawn from a small, learnable grammar."""
     rng = random.Random(0)
     subjects, verbs, objects = ["the cat", "a dog", "the bird"], ["sees", "eats", "likes"], ["fish", "seeds", "the ball"]
@@ -37,9 +36,31 @@ def tiny_corpus(tmp_path: Path) -> Path:
     def lines(n):
         return "".join(f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)} .\n" for _ in range(n))
 
-    folder = tmp_path / "tiny"
+    folder = parent / "tiny"
     folder.mkdir()
     (folder / "train.txt").write_text(lines(400))
     (folder / "valid.txt").write_text(lines(40))
     (folder / "test.txt").write_text(lines(40))
     return folder
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path: Path) -> Path:
+    return write_tiny_corpus(tmp_path)
+
+
+def _train_tiny(tmp_path_factory, model: str) -> Path:
+    from lmlab.cli import main
+
+    folder = tmp_path_factory.mktemp(f"tiny_{model}")
+    corpus = write_tiny_corpus(folder)
+    run = folder / model
+    assert main(["train", "--model", model, "--preset", "smoke", "--out", str(run), "--set", f"data.corpus={corpus}",
+                 "--set", "data.max_eval_tokens=0", "--set", "train.epochs=2"]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory) -> dict[str, Path]:
+    """One finished smoke-sized run per architecture, trained on the tiny corpus (a few seconds)."""
+    return {m: _train_tiny(tmp_path_factory, m) for m in ("rnn", "lstm", "transformer")}

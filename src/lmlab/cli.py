@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from lmlab.errors import LmlabError
+from lmlab.generation import STRATEGIES, SamplingSettings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +29,36 @@ def _parser() -> argparse.ArgumentParser:
     download.add_argument("name")
     download.add_argument("--mirror", help="base URL of a mirror laid out like the data directory")
 
+    threads = argparse.ArgumentParser(add_help=False)
+    threads.add_argument("--threads", type=int, default=0,
+                         help="torch threads (0 = torch's default; use 1 when other jobs share the CPU)")
+
+    evaluate = sub.add_parser("eval", parents=[threads], help="perplexity of trained runs on corpora they never saw")
+    evaluate.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    evaluate.add_argument("--corpus", action="append", required=True, metavar="SPEC",
+                          help="ptb:test, wikitext2:test, wikitext2:valid, shakespeare, pubmed, pubmedqa, "
+                               "file:PATH (raw text) or tokens:PATH (already PTB-style); repeatable")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object per (run, corpus)")
+    evaluate.add_argument("--compare", type=Path, metavar="DIR",
+                          help="also write cross_domain.{md,csv,png} to DIR (needs ptb:test among the corpora)")
+
+    sample = sub.add_parser("sample", parents=[threads], help="generate from trained runs, side by side, with text statistics")
+    sample.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    sample.add_argument("--prompt", action="append", default=None, help="repeatable; '' starts from <eos>")
+    sample.add_argument("--strategy", action="append", default=None, choices=STRATEGIES,
+                        help="repeatable (default: greedy)")
+    sample.add_argument("--temperature", type=float, default=1.0)
+    sample.add_argument("--top-k", type=int, default=40)
+    sample.add_argument("--top-p", type=float, default=0.9)
+    sample.add_argument("--repetition-penalty", type=float, default=1.0)
+    sample.add_argument("--max-tokens", type=int, default=30)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--samples", type=int, default=1, help="seeds per stochastic strategy (seed, seed+1, …)")
+    sample.add_argument("--judge", type=Path, metavar="RUN_DIR",
+                        help="model that scores fluency (default: the best other model given)")
+    sample.add_argument("--json", action="store_true")
+    sample.add_argument("--out", type=Path, help="also write the JSON here")
+
     run = sub.add_parser("run", help="run the study: train the three models and print their perplexity table")
     run.add_argument("--preset", default="cpu", help="smoke, cpu or gpu (default: cpu)")
     run.add_argument("--out", type=Path, default=Path("runs"), help="study directory (default: runs)")
@@ -36,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "threads", 0) > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         if args.command == "train":
             from lmlab.recipes import train
@@ -45,6 +80,20 @@ def main(argv: list[str] | None = None) -> int:
             from lmlab.recipes import data
 
             data.list_corpora() if args.data_command == "list" else data.download(args.name, args.mirror)
+        elif args.command == "eval":
+            from lmlab.recipes import evaluate
+
+            evaluate.run(args.runs, args.corpus, as_json=args.json, compare=args.compare)
+        elif args.command == "sample":
+            from lmlab.recipes import sample
+
+            try:
+                settings = [SamplingSettings(st, args.temperature, args.top_k, args.top_p, args.repetition_penalty,
+                                             args.max_tokens) for st in (args.strategy or ["greedy"])]
+            except ValueError as e:
+                raise LmlabError(str(e)) from e
+            sample.run(args.runs, args.prompt if args.prompt is not None else [""], settings, seed=args.seed,
+                       samples=args.samples, judge=args.judge, as_json=args.json, out=args.out)
         elif args.command == "run":
             from lmlab.recipes import study
 

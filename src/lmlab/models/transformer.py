@@ -31,8 +31,22 @@ class LayerNorm(nn.Module):
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
 
-class OutProjection(nn.Linear):
-    """A plain linear layer; its own class only so the residual-scaled initialisation can find it."""
+class KVCache:
+    """Keys and values of the positions seen so far, for one layer: generation then costs one new position
+    per step instead of re-running the whole prefix."""
+
+    def __init__(self):
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.size(2)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
 
 
 class CausalSelfAttention(nn.Module):
@@ -47,19 +61,27 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
         self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))  # q, k, v stacked
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
-        self.out_proj = OutProjection(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         batch, steps, d_model = x.shape
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).split(d_model, dim=-1)
         # (B, T, D) -> (B, heads, T, D/heads)
         q, k, v = (t.view(batch, steps, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(k, v)
+        # Query i sits at position past + i and may attend keys 0 .. past + i.
+        future = torch.ones(steps, past + steps, dtype=torch.bool, device=x.device).triu(past + 1)
         p = self.dropout if self.training else 0.0
         if self.attn_impl == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            if past == 0:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=~future, dropout_p=p)
         else:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
-            future = torch.ones(steps, steps, dtype=torch.bool, device=x.device).triu(1)
             weights = F.dropout(scores.masked_fill(future, float("-inf")).softmax(-1), p)
             y = weights @ v
         return self.out_proj(y.transpose(1, 2).reshape(batch, steps, d_model))
@@ -74,11 +96,11 @@ class Block(nn.Module):
         self.norm2 = LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, d_ff)
         self.dropout = nn.Dropout(dropout)
-        self.linear2 = OutProjection(d_ff, d_model)
+        self.linear2 = nn.Linear(d_ff, d_model)
         self.dropout2 = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout1(self.self_attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.dropout1(self.self_attn(self.norm1(x), cache))
         return x + self.dropout2(self.linear2(self.dropout(F.gelu(self.linear1(self.norm2(x))))))
 
 
@@ -96,6 +118,7 @@ class TransformerLM(nn.Module):
         dropout_emb: float = 0.1,
         tie_weights: bool = True,
         attn_impl: str = "sdpa",
+        init_std: float = 0.02,
     ):
         super().__init__()
         from lmlab.models.nn_twins import TorchBlock  # the nn twin of Block
@@ -114,26 +137,34 @@ class TransformerLM(nn.Module):
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         if tie_weights:
             self.head.weight = self.tok_emb.weight
-        self._init_weights(n_layers)
+        self._init_weights(n_layers, init_std)
 
-    def _init_weights(self, n_layers: int) -> None:
-        """GPT-2 initialisation: N(0, 0.02), residual output projections scaled by 1/sqrt(2L)."""
+    def _init_weights(self, n_layers: int, std: float) -> None:
+        """GPT-2 initialisation: N(0, std), residual output projections scaled by 1/sqrt(2L) so the residual
+        stream's variance does not grow with depth."""
         for name, p in self.named_parameters():
             if p.dim() < 2:
                 continue
-            std = 0.02 / math.sqrt(2 * n_layers) if name.endswith(("out_proj.weight", "linear2.weight")) else 0.02
-            nn.init.normal_(p, 0.0, std)
+            scale = 1 / math.sqrt(2 * n_layers) if name.endswith(("out_proj.weight", "linear2.weight")) else 1.0
+            nn.init.normal_(p, 0.0, std * scale)
         for name, p in self.named_parameters():
             if p.dim() == 1 and "norm" not in name:
                 nn.init.zeros_(p)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: (B, T) ids with T <= context_length. Returns logits (B, T, V)."""
+    def new_cache(self) -> list[KVCache]:
+        if not isinstance(self.blocks[0], Block):
+            raise ValueError("key/value caching needs impl='scratch' (load the same weights into it)")
+        return [KVCache() for _ in self.blocks]
+
+    def forward(self, tokens: torch.Tensor, cache: list[KVCache] | None = None) -> torch.Tensor:
+        """tokens: (B, T) ids; with a cache, they continue the positions the cache holds.
+        The total length must stay within context_length. Returns logits (B, T, V)."""
+        past = cache[0].length if cache else 0
         steps = tokens.size(1)
-        if steps > self.context_length:
-            raise ValueError(f"sequence of {steps} tokens exceeds context_length={self.context_length}")
-        positions = torch.arange(steps, device=tokens.device)
+        if past + steps > self.context_length:
+            raise ValueError(f"sequence of {past + steps} tokens exceeds context_length={self.context_length}")
+        positions = torch.arange(past, past + steps, device=tokens.device)
         x = self.drop(self.tok_emb(tokens) + self.pos_emb(positions))
-        for block in self.blocks:
-            x = block(x)
+        for k, block in enumerate(self.blocks):
+            x = block(x) if cache is None else block(x, cache[k])
         return self.head(self.norm_f(x))

@@ -35,3 +35,25 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_cross_domain(rows: list[dict], path: Path) -> None:
+    """Grouped bars: in-vocabulary perplexity per corpus (groups) and model (bars), with OOV rates as labels."""
+    corpora = list(dict.fromkeys(r["corpus"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=120)
+    for k, model in enumerate(models):
+        values = {r["corpus"]: r["ppl_in_vocab"] for r in rows if r["model"] == model}
+        xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(corpora))]
+        ax.bar(xs, [values.get(c, float("nan")) for c in corpora], width, label=model)
+    oov = {r["corpus"]: r["oov_rate"] for r in rows}
+    ax.set_xticks(range(len(corpora)), [f"{c}\nOOV {oov[c]:.1%}" for c in corpora], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("perplexity over in-vocabulary targets (log)")
+    ax.set_title("Models trained on PTB, evaluated across domains")
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

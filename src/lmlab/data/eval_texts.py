@@ -1,0 +1,63 @@
+"""Texts to evaluate word-level models on, named by a spec, each with the normalisation it needs.
+
+Specs: ``ptb:SPLIT``, ``wikitext2:SPLIT`` (valid, test), ``wikitext2-raw``, ``shakespeare``, ``pubmed``
+(the first 1,000 abstracts in file order, title then abstract; ``pubmed:all`` for all 18,138),
+``pubmedqa`` (every question's abstract sentences and expert long answer), ``file:PATH`` (any UTF-8 text,
+normalised as raw text) and ``tokens:PATH`` (text already in the training corpus's form: whitespace tokens,
+one sentence a line, read exactly as training reads it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmlab.data import corpora
+from lmlab.errors import LmlabError
+
+PUBMED_DEFAULT_ABSTRACTS = 1000
+
+
+@dataclass
+class EvalText:
+    spec: str
+    kind: str  # how to normalise: ptb | wikitext | raw (see lmlab.data.normalize)
+    text: str
+
+
+def load_eval_text(spec: str) -> EvalText:
+    name, _, arg = spec.partition(":")
+    if name in ("file", "tokens"):
+        path = Path(arg).expanduser()
+        if not path.is_file():
+            raise LmlabError(f"file {path} not found: give the path of a UTF-8 text file after '{name}:'")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise LmlabError(f"{path} is not UTF-8 text ({e.reason}): convert it first") from e
+        return EvalText(spec, "raw" if name == "file" else "ptb", text)
+    if name == "ptb":
+        return EvalText(spec, "ptb", corpora.split_path("ptb", arg or "test").read_text(encoding="utf-8"))
+    if name == "wikitext2":
+        return EvalText(spec, "wikitext", corpora.split_path("wikitext2", arg or "test").read_text(encoding="utf-8"))
+    if name == "wikitext2-raw":
+        return EvalText(spec, "raw", corpora.split_path("wikitext2-raw", "test").read_text(encoding="utf-8"))
+    if name == "shakespeare":
+        return EvalText(spec, "raw", corpora.split_path("shakespeare", "all").read_text(encoding="utf-8"))
+    if name == "pubmed":
+        limit = None if arg == "all" else int(arg or PUBMED_DEFAULT_ABSTRACTS)
+        paragraphs = []
+        with corpora.split_path("pubmed", "all").open(encoding="utf-8") as f:
+            for line in f:
+                if limit is not None and len(paragraphs) >= limit:
+                    break
+                doc = json.loads(line)
+                paragraphs.append(f"{doc['title']}\n{doc['abstract']}")
+        return EvalText(spec, "raw", "\n\n".join(paragraphs))
+    if name == "pubmedqa":
+        data = json.loads(corpora.split_path("pubmedqa", "all").read_text(encoding="utf-8"))
+        paragraphs = [" ".join(q["CONTEXTS"]) + "\n\n" + q["LONG_ANSWER"] for q in data.values()]
+        return EvalText(spec, "raw", "\n\n".join(paragraphs))
+    known = "ptb:SPLIT, wikitext2:SPLIT, wikitext2-raw, shakespeare, pubmed[:N|all], pubmedqa, file:PATH, tokens:PATH"
+    raise LmlabError(f"unknown corpus '{spec}': use one of {known}")

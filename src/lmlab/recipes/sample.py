@@ -1,0 +1,128 @@
+"""lmlab sample: the same prompts to every model, side by side, with measured text statistics.
+
+Steps: load runs -> normalise each prompt to the training conventions (unknown words become <unk>, with a
+warning naming them) -> generate for each (model, prompt, strategy, seed) -> statistics of each continuation
+(distinct-n, repetition, <unk> rate, sentence length) and its fluency: the perplexity of the continuation
+under a judge model that did not generate it -> side-by-side text, a summary per model and strategy, JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+
+from lmlab.data.batching import lm_pairs
+from lmlab.data.normalize import tokenize
+from lmlab.data.vocab import EOS
+from lmlab.generation import SamplingSettings, generate
+from lmlab.metrics.perplexity import perplexity
+from lmlab.metrics.text_stats import text_statistics
+from lmlab.scoring import token_nlls
+from lmlab.trained import TrainedModel, load_trained
+
+STAT_KEYS = ("distinct_1", "distinct_2", "distinct_3", "repeated_4gram_rate", "longest_repeated_span", "unk_rate",
+             "mean_sentence_length", "fluency_ppl")
+
+
+def run(run_dirs: list[Path], prompts: list[str], settings: list[SamplingSettings], seed: int = 0,
+        samples: int = 1, judge: Path | None = None, as_json: bool = False, out: Path | None = None) -> dict:
+    # Generation always uses the scratch implementation: same weights, and it has the key/value cache.
+    models = [load_trained(d, impl="scratch") for d in run_dirs]
+    judges = _judges(models, load_trained(judge) if judge else None)
+    rows = []
+    for prompt in prompts:
+        for model in models:
+            prompt_words = prompt_tokens(prompt, model)
+            prompt_ids = model.vocab.encode([EOS, *prompt_words]).tolist()
+            for s in settings:
+                seeds = [seed] if s.strategy == "greedy" else [seed + k for k in range(samples)]
+                for sd in seeds:
+                    ids = generate(model.model, model.family, prompt_ids, s, seed=sd)
+                    words = model.vocab.decode(ids)
+                    row = {"model": model.name, "prompt": prompt, "strategy": s.strategy, "seed": sd,
+                           "settings": asdict(s), "text": " ".join(words), "stats": text_statistics(words)}
+                    row["stats"]["fluency_ppl"], row["judge"] = _fluency(judges.get(model.name), prompt_words, words)
+                    rows.append(row)
+    result = {"samples": rows, "summary": summarise(rows)}
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(side_by_side(rows))
+        print(summary_table(result["summary"]))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def prompt_tokens(prompt: str, model: TrainedModel) -> list[str]:
+    words = tokenize(prompt)
+    unknown = sorted({w for w in words if w not in model.vocab})
+    if unknown:
+        print(f"lmlab: warning: {model.name}: prompt words outside the vocabulary become <unk>: {', '.join(unknown)}",
+              file=sys.stderr)
+    return words
+
+
+def _judges(models: list[TrainedModel], judge: TrainedModel | None) -> dict[str, TrainedModel]:
+    """Each generator's judge: the given one, else the other model with the lowest validation perplexity."""
+    if judge:
+        return {m.name: judge for m in models if m.run_dir != judge.run_dir}
+    out = {}
+    for m in models:
+        others = [o for o in models if o is not m]
+        if others:
+            out[m.name] = min(others, key=lambda o: o.final["valid_ppl"])
+    return out
+
+
+def _fluency(judge: TrainedModel | None, prompt_words: list[str], words: list[str]):
+    if judge is None or not words:
+        return None, None
+    ids = judge.vocab.encode([*prompt_words, *words])
+    nlls = token_nlls(judge.model, judge.family, *lm_pairs(ids, judge.vocab.eos_id), **judge.score_settings())
+    return perplexity(float(nlls[-len(words):].sum()), len(words)), judge.name
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["model"], r["strategy"])].append(r)
+    summary = []
+    for (model, strategy), group in groups.items():
+        entry = {"model": model, "strategy": strategy, "samples": len(group)}
+        for key in STAT_KEYS:
+            values = [g["stats"][key] for g in group if g["stats"][key] is not None]
+            entry[key] = sum(values) / len(values) if values else None
+        summary.append(entry)
+    return summary
+
+
+def side_by_side(rows: list[dict]) -> str:
+    lines = []
+    for (prompt, strategy), group in _grouped(rows, ("prompt", "strategy")):
+        lines.append(f"\n### «{prompt}» — {strategy}")
+        for r in group:
+            lines.append(f"- **{r['model']}** (seed {r['seed']}): {r['text']}")
+    return "\n".join(lines)
+
+
+def summary_table(summary: list[dict]) -> str:
+    lines = ["", "| model | strategy | n | distinct-1 | distinct-2 | distinct-3 | rep. 4-gram | longest rep. | <unk> rate | "
+             "sent. length | fluency ppl |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for e in summary:
+        fluency = f"{e['fluency_ppl']:.1f}" if e["fluency_ppl"] is not None else "–"
+        lines.append(f"| {e['model']} | {e['strategy']} | {e['samples']} | {e['distinct_1']:.2f} | {e['distinct_2']:.2f} | "
+                     f"{e['distinct_3']:.2f} | {e['repeated_4gram_rate']:.2f} | {e['longest_repeated_span']:.1f} | "
+                     f"{e['unk_rate']:.1%} | {e['mean_sentence_length']:.1f} | {fluency} |")
+    return "\n".join(lines)
+
+
+def _grouped(rows, keys):
+    groups = defaultdict(list)
+    for r in rows:
+        groups[tuple(r[k] for k in keys)].append(r)
+    return groups.items()

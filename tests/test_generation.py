@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import torch
+
+from lmlab.cli import main
+from lmlab.generation import SamplingSettings, generate, next_token
+from lmlab.trained import load_trained
+
+
+def test_strategies_on_a_known_distribution():
+    logits = torch.tensor([3.0, 2.0, 1.0, 0.0]).log_softmax(-1)  # any order works; 0 is the most likely
+    g = torch.Generator().manual_seed(0)
+    assert next_token(logits, [], SamplingSettings("greedy"), g) == 0
+    assert {next_token(logits, [], SamplingSettings("top-k", top_k=1), g) for _ in range(20)} == {0}
+    assert {next_token(logits, [], SamplingSettings("top-p", top_p=0.01), g) for _ in range(20)} == {0}
+    top2 = {next_token(logits, [], SamplingSettings("top-k", top_k=2), g) for _ in range(200)}
+    assert top2 == {0, 1}
+    assert {next_token(logits, [], SamplingSettings("temperature", temperature=1e-3), g) for _ in range(20)} == {0}
+
+
+def test_top_p_keeps_the_smallest_prefix_reaching_p():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    g = torch.Generator().manual_seed(0)
+    drawn = {next_token(probs.log(), [], SamplingSettings("top-p", top_p=0.8), g) for _ in range(300)}
+    assert drawn == {0, 1}  # 0.5 + 0.3 reaches 0.8; 0.15 and 0.05 are cut
+
+
+def test_repetition_penalty_moves_greedy_off_a_seen_token():
+    logits = torch.tensor([2.0, 1.9, -1.0])
+    g = torch.Generator()
+    assert next_token(logits, [0], SamplingSettings("greedy"), g) == 0
+    assert next_token(logits, [0], SamplingSettings("greedy", repetition_penalty=1.5), g) == 1
+
+
+def test_same_seed_same_text_and_cache_equals_recompute(tiny_runs):
+    trained = load_trained(tiny_runs["transformer"], impl="scratch")
+    prompt = trained.vocab.encode(["<eos>", "the", "cat"]).tolist()
+    s = SamplingSettings("top-p", max_tokens=20)
+    a = generate(trained.model, trained.family, prompt, s, seed=3)
+    assert a == generate(trained.model, trained.family, prompt, s, seed=3)
+    greedy = SamplingSettings("greedy", max_tokens=25)  # stays within the 32-token context
+    assert generate(trained.model, "transformer", prompt, greedy, use_cache=True) == \
+        generate(trained.model, "transformer", prompt, greedy, use_cache=False)
+
+
+def test_generation_past_the_context_length_keeps_going(tiny_runs):
+    trained = load_trained(tiny_runs["transformer"], impl="scratch")
+    out = generate(trained.model, "transformer", [trained.vocab.eos_id], SamplingSettings("temperature", max_tokens=80))
+    assert len(out) == 80
+
+
+def test_sample_cli_side_by_side_with_statistics_and_oov_warning(tiny_runs, tmp_path, capsys):
+    out = tmp_path / "samples.json"
+    runs = [str(tiny_runs[m]) for m in ("rnn", "lstm", "transformer")]
+    assert main(["sample", *runs, "--prompt", "the cat", "--prompt", "a zebra", "--strategy", "greedy",
+                 "--strategy", "top-k", "--samples", "2", "--max-tokens", "10", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "outside the vocabulary become <unk>: zebra" in captured.err
+    import json
+
+    result = json.loads(out.read_text())
+    assert len(result["samples"]) == 3 * 2 * (1 + 2)
+    assert all(s["judge"] and s["judge"] != s["model"] for s in result["samples"])
+    assert {(e["model"], e["strategy"]) for e in result["summary"]} == {(m, st) for m in ("rnn", "lstm", "transformer")
+                                                                          for st in ("greedy", "top-k")}
+    assert "| transformer | top-k | 4 |" in captured.out
+
+
+def test_empty_prompt_starts_from_eos_and_bad_settings_are_one_line(tiny_runs, capsys):
+    assert main(["sample", str(tiny_runs["lstm"]), "--max-tokens", "5", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(tiny_runs["lstm"]), "--strategy", "top-p", "--top-p", "1.5"]) == 2
+    assert "top_p" in capsys.readouterr().err
