@@ -59,9 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--json", action="store_true")
     sample.add_argument("--out", type=Path, help="also write the JSON here")
 
-    run = sub.add_parser("run", help="run the study: train the three models and print their perplexity table")
+    run = sub.add_parser("run", parents=[threads],
+                         help="run the study: train the three models, evaluate across domains, sample")
     run.add_argument("--preset", default="cpu", help="smoke, cpu or gpu (default: cpu)")
     run.add_argument("--out", type=Path, default=Path("runs"), help="study directory (default: runs)")
+    run.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps (train, eval, sample)")
+    run.add_argument("--skip", nargs="+", metavar="STEP", help="skip these steps")
     return parser
 
 
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             from lmlab.recipes import study
 
-            study.run(args.preset, args.out)
+            study.run(args.preset, args.out, only=args.only, skip=args.skip)
     except LmlabError as e:
         print(f"lmlab: error: {e}", file=sys.stderr)
         return 2

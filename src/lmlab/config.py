@@ -22,18 +22,27 @@ def _config_root():
 
 
 def available_models() -> list[str]:
-    return sorted(p.name for p in _config_root().iterdir() if p.is_dir())
+    return sorted(p.name for p in (_config_root() / "models").iterdir() if p.is_dir())
+
+
+def _load(path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise LmlabError(f"unknown preset '{path.name.removesuffix('.toml')}' for {what}: "
+                         f"choose one of {', '.join(PRESETS)}")
+    with path.open("rb") as f:
+        return tomllib.load(f)
 
 
 def load_preset(model: str, preset: str) -> dict[str, Any]:
     """The preset's config for one model; unknown names give the list of known ones."""
     if model not in available_models():
         raise LmlabError(f"unknown model '{model}': choose one of {', '.join(available_models())}")
-    path = _config_root() / model / f"{preset}.toml"
-    if not path.is_file():
-        raise LmlabError(f"unknown preset '{preset}' for {model}: choose one of {', '.join(PRESETS)}")
-    with path.open("rb") as f:
-        return tomllib.load(f)
+    return _load(_config_root() / "models" / model / f"{preset}.toml", model)
+
+
+def load_study(preset: str) -> dict[str, Any]:
+    """What the study pipeline runs after training: evaluation corpora, prompts, sampling settings."""
+    return _load(_config_root() / "study" / f"{preset}.toml", "the study")
 
 
 def parse_value(text: str) -> Any:

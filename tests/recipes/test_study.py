@@ -1,18 +1,33 @@
 from __future__ import annotations
 
+import json
+
 from lmlab.cli import main
 
 
-def test_run_smoke_trains_all_three_then_skips_finished_steps(ptb_available, tmp_path, capsys):
+def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, tmp_path, capsys):
     out = tmp_path / "study"
-    assert main(["run", "--preset", "smoke", "--out", str(out)]) == 0
+    assert main(["run", "--preset", "smoke", "--out", str(out), "--threads", "1"]) == 0
     first = capsys.readouterr().out
     table = (out / "ptb_table.md").read_text()
     for model in ("rnn", "lstm", "transformer"):
         assert f"| {model} |" in table and (out / "ptb" / model / "final.json").is_file()
     assert table in first
+    cross = json.loads((out / "cross_domain" / "cross_domain.json").read_text())
+    assert {(r["model"], r["corpus"]) for r in cross} == {(m, c) for m in ("rnn", "lstm", "transformer")
+                                                          for c in ("ptb:test", "shakespeare", "pubmed:50")}
+    ptb = {r["model"]: r for r in cross if r["corpus"] == "ptb:test"}
+    final = json.loads((out / "ptb" / "lstm" / "final.json").read_text())
+    assert ptb["lstm"]["tokens"] == 82_430 and final["tokens"]["test"] == 4000  # smoke tests on a prefix only
+    assert (out / "cross_domain" / "cross_domain.png").is_file()
+    assert json.loads((out / "samples.json").read_text())["summary"]
     assert main(["run", "--preset", "smoke", "--out", str(out)]) == 0
-    assert capsys.readouterr().out.count("done already") == 3
+    assert capsys.readouterr().out.count("done already") == 5
+
+
+def test_only_and_skip_select_steps(tmp_path, capsys):
+    assert main(["run", "--preset", "smoke", "--out", str(tmp_path), "--only", "plot"]) == 2
+    assert "unknown step 'plot'" in capsys.readouterr().err
 
 
 def test_unknown_preset_is_a_clear_error(tmp_path, capsys):

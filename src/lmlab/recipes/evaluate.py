@@ -138,6 +138,12 @@ def write_comparison(results: list[dict], out: Path, in_domain: str = "ptb:test"
         md.append(f"Geometric-mean in-vocabulary perplexity ratio (new / {in_domain}): "
                   + ", ".join(f"{m} {v:.2f}" for m, v in degradation.items())
                   + f". Degrades least: **{summary['degrades_least']}**; most: **{summary['degrades_most']}**.")
+    md += ["", "Perplexity by how often the target word occurred in training (frequent >= 1000, medium 100-999, "
+           "rare 1-99; share of targets in brackets):", "",
+           "| model | corpus | frequent | medium | rare | <unk> |", "|---|---|---:|---:|---:|---:|"]
+    md += [f"| {r['model']} | {r['corpus']} | " + " | ".join(
+        f"{b['ppl']:.1f} ({b['share']:.0%})" for b in r["buckets"].values()) + " |"
+        for r in results if r["model"] in base]
     (out / "cross_domain.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     (out / "cross_domain_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     plot_cross_domain(rows, out / "cross_domain.png")
