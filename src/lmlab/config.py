@@ -77,3 +77,20 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
 
 def canonical_json(config: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, indent=2)
+
+
+# Keys that say where and how long a run runs, not what it computes: a run whose config differs only in
+# these may be resumed or reused.
+RUNTIME_KEYS = {("train", "epochs"), ("train", "threads"), ("train", "device"), ("train", "patience")}
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Dotted paths (as tuples) whose values differ between two configs."""
+    keys = set()
+    for k in set(old) | set(new):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys |= config_differences(a, b, prefix + (k,))
+        elif a != b:
+            keys.add(prefix + (k,))
+    return keys

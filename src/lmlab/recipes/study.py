@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from lmlab import rundir
-from lmlab.config import PRESETS, load_preset, load_study
+from lmlab.config import PRESETS, RUNTIME_KEYS, config_differences, load_preset, load_study
 from lmlab.errors import LmlabError
 from lmlab.generation import SamplingSettings
 from lmlab.recipes import evaluate, sample, train
@@ -54,7 +54,7 @@ def train_all(preset: str, out: Path) -> dict[str, dict]:
         expected = dict(load_preset(model, preset), preset=preset)
         if final_path.is_file():
             final = rundir.read_json(final_path)
-            if final["config"] != expected:
+            if config_differences(final["config"], expected) - RUNTIME_KEYS:
                 raise LmlabError(f"{run_dir} holds a {model} run with another config: remove it or use another --out")
             print(f"[train {model}] done already: {final_path}")
         else:

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from lmlab import rundir, runtime
-from lmlab.config import apply_overrides, load_preset
+from lmlab.config import RUNTIME_KEYS, apply_overrides, config_differences, load_preset
 from lmlab.data.batching import batchify, bptt_windows, context_windows, lm_pairs
 from lmlab.data.word_corpus import load_word_corpus
 from lmlab.errors import LmlabError
@@ -31,10 +31,6 @@ from lmlab.metrics.perplexity import perplexity
 from lmlab.models import FAMILIES, build_model, parameter_counts
 from lmlab.report.plots import plot_curves
 from lmlab.scoring import token_nlls
-
-# Keys that may change between an interrupted run and its resumption without invalidating it.
-RESUMABLE_CHANGES = {("train", "epochs"), ("train", "threads"), ("train", "device"), ("train", "patience")}
-
 
 class Diverged(Exception):
     pass
@@ -89,7 +85,7 @@ def run(model: str, preset: str, out: Path, overrides: list[str] = (), resume: b
         try:
             loss_sum, tokens, train_seconds = _train_epoch(
                 family, train_model, net, optimizer, schedule, streams["train"], data_cfg, optim_cfg,
-                epoch, state, rt, train_cfg["seed"], writer, steps_per_epoch,
+                epoch, state, rt, train_cfg["seed"], writer, steps_per_epoch, train_cfg["amp"],
             )
         except Diverged as e:
             status, divergence = "diverged", f"epoch {epoch}: {e}"
@@ -146,7 +142,7 @@ def run(model: str, preset: str, out: Path, overrides: list[str] = (), resume: b
 
 
 def _train_epoch(family, train_model, net, optimizer, schedule, stream, data_cfg, optim_cfg, epoch, state, rt,
-                 seed, writer, steps_per_epoch):
+                 seed, writer, steps_per_epoch, amp):
     """One pass over the training stream. Returns (summed NLL, tokens, seconds), summed over processes."""
     net.train()
     if family == "recurrent":
@@ -156,14 +152,19 @@ def _train_epoch(family, train_model, net, optimizer, schedule, stream, data_cfg
     loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
     tokens = 0
     started = time.perf_counter()
-    bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}", unit="step", disable=not rt.is_main or None, leave=False, mininterval=2)
+    bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}", unit="step",
+               disable=not rt.is_main or None, leave=False, mininterval=2)
+    # bf16 autocast on CUDA when asked (train.amp): matmuls in bf16, the loss in fp32. Never on CPU, where
+    # bf16 is far slower than fp32.
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and rt.device.type == "cuda")
     for step, (x, y, state_in) in enumerate(bar):
         schedule.apply(optimizer, state["step"])
-        if family == "recurrent":
-            logits, state_out = train_model(x, state_in)
-            batches.send_state(state_out)
-        else:
-            logits = train_model(x)
+        with autocast:
+            if family == "recurrent":
+                logits, state_out = train_model(x, state_in)
+                batches.send_state(state_out)
+            else:
+                logits = train_model(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -320,7 +321,7 @@ def _prepare_run_dir(out: Path, cfg, resume: bool, rt) -> None:
         if not (out / rundir.LAST).is_file():
             raise LmlabError(f"nothing to resume in {out}: it has no {rundir.LAST}; start without --resume")
         old = rundir.read_json(config_path)
-        changed = _changed_keys(old, cfg) - RESUMABLE_CHANGES
+        changed = config_differences(old, cfg) - RUNTIME_KEYS
         if changed:
             keys = ", ".join(".".join(k) for k in sorted(changed))
             raise LmlabError(f"cannot resume {out}: its config differs in {keys}; use the same --set values")
@@ -329,17 +330,6 @@ def _prepare_run_dir(out: Path, cfg, resume: bool, rt) -> None:
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
         rundir.write_json(config_path, cfg)
-
-
-def _changed_keys(old, new, prefix=()) -> set[tuple[str, ...]]:
-    keys = set()
-    for k in set(old) | set(new):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys |= _changed_keys(a, b, prefix + (k,))
-        elif a != b:
-            keys.add(prefix + (k,))
-    return keys
 
 
 def _restore(out: Path, net, optimizer, schedule) -> dict:
