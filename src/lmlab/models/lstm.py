@@ -5,6 +5,12 @@
     h_t = sigmoid(o) * tanh(c_t)
 
 Parameters are named as in a one-layer ``torch.nn.LSTM`` so state dicts move between the two unchanged.
+
+Speed: the input projections of all steps are one GEMM (autograd handles it). The recurrence is a custom
+autograd function with a hand-written backward pass (back-propagation through time, written out below), so
+autograd records one node per window instead of about ten per time step, and the weight gradient of the
+recurrence is one GEMM over all steps instead of one per step. The tests check it against ``torch.nn.LSTM``
+and against finite differences.
 """
 
 from __future__ import annotations
@@ -13,6 +19,54 @@ import math
 
 import torch
 from torch import nn
+
+
+class LSTMRecurrence(torch.autograd.Function):
+    """The time loop of one layer, given the input projections ``xw`` (T, B, 4H) with biases included."""
+
+    @staticmethod
+    def forward(ctx, xw, h0, c0, w_hh):
+        steps, batch, four_h = xw.shape
+        hidden = four_h // 4
+        hs = xw.new_empty(steps + 1, batch, hidden)  # h_0 .. h_T
+        cs = xw.new_empty(steps + 1, batch, hidden)  # c_0 .. c_T
+        acts = xw.new_empty(steps, batch, four_h)  # activated gates, kept for the backward pass
+        hs[0], cs[0] = h0, c0
+        w_hh_t = w_hh.t()
+        for t in range(steps):
+            gates = torch.addmm(xw[t], hs[t], w_hh_t, out=acts[t])
+            gates[:, : 2 * hidden].sigmoid_()
+            gates[:, 2 * hidden : 3 * hidden].tanh_()
+            gates[:, 3 * hidden :].sigmoid_()
+            i, f, g, o = gates.chunk(4, 1)
+            torch.addcmul(f * cs[t], i, g, out=cs[t + 1])
+            torch.mul(o, torch.tanh(cs[t + 1]), out=hs[t + 1])
+        ctx.save_for_backward(hs, cs, acts, w_hh)
+        return hs[1:], hs[steps], cs[steps]
+
+    @staticmethod
+    def backward(ctx, d_out, d_h_last, d_c_last):
+        hs, cs, acts, w_hh = ctx.saved_tensors
+        steps, batch, four_h = acts.shape
+        hidden = four_h // 4
+        d_pre = torch.empty_like(acts)  # gradient w.r.t. the pre-activation gates
+        dh = d_h_last.clone() if d_h_last is not None else hs.new_zeros(batch, hidden)
+        dc = d_c_last.clone() if d_c_last is not None else hs.new_zeros(batch, hidden)
+        for t in reversed(range(steps)):
+            if d_out is not None:
+                dh += d_out[t]
+            i, f, g, o = acts[t].chunk(4, 1)
+            tanh_c = torch.tanh(cs[t + 1])
+            dc += dh * o * (1 - tanh_c * tanh_c)
+            di, df, dg, do = d_pre[t].chunk(4, 1)
+            torch.mul(dc * g, i * (1 - i), out=di)
+            torch.mul(dc * cs[t], f * (1 - f), out=df)
+            torch.mul(dc * i, 1 - g * g, out=dg)
+            torch.mul(dh * tanh_c, o * (1 - o), out=do)
+            dc = dc * f
+            dh = d_pre[t] @ w_hh
+        d_w_hh = d_pre.view(steps * batch, four_h).t() @ hs[:-1].reshape(steps * batch, hidden)
+        return d_pre, dh, dc, d_w_hh
 
 
 class LSTMLayer(nn.Module):
@@ -34,20 +88,7 @@ class LSTMLayer(nn.Module):
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         """x: (T, B, input); state: (h, c), each (1, B, hidden). Returns outputs (T, B, hidden), (h, c)."""
         steps, batch, _ = x.shape
-        hidden = self.hidden_size
         # All input projections in one GEMM; the recurrence then needs one (B x H) @ (H x 4H) per step.
         xw = torch.addmm(self.bias_ih_l0 + self.bias_hh_l0, x.reshape(steps * batch, -1), self.weight_ih_l0.t())
-        xw = xw.view(steps, batch, 4 * hidden)
-        w_hh_t = self.weight_hh_l0.t()
-        h_t, c_t = state[0][0], state[1][0]
-        outputs = []
-        for t in range(steps):
-            gates = torch.addmm(xw[t], h_t, w_hh_t)
-            # i, f and o share one sigmoid call: fewer kernel launches and autograd nodes per step.
-            ifo = torch.sigmoid(torch.cat([gates[:, : 2 * hidden], gates[:, 3 * hidden :]], dim=1))
-            g = torch.tanh(gates[:, 2 * hidden : 3 * hidden])
-            i, f, o = ifo[:, :hidden], ifo[:, hidden : 2 * hidden], ifo[:, 2 * hidden :]
-            c_t = torch.addcmul(f * c_t, i, g)
-            h_t = o * torch.tanh(c_t)
-            outputs.append(h_t)
-        return torch.stack(outputs), (h_t.unsqueeze(0), c_t.unsqueeze(0))
+        outputs, h, c = LSTMRecurrence.apply(xw.view(steps, batch, -1), state[0][0], state[1][0], self.weight_hh_l0)
+        return outputs, (h.unsqueeze(0), c.unsqueeze(0))
