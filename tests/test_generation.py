@@ -61,9 +61,9 @@ def test_sample_cli_side_by_side_with_statistics_and_oov_warning(tiny_runs, tmp_
     result = json.loads(out.read_text())
     assert len(result["samples"]) == 3 * 2 * (1 + 2)
     assert all(s["judge"] and s["judge"] != s["model"] for s in result["samples"])
-    assert {(e["model"], e["strategy"]) for e in result["summary"]} == {(m, st) for m in ("rnn", "lstm", "transformer")
-                                                                          for st in ("greedy", "top-k")}
-    assert "| transformer | top-k | 4 |" in captured.out
+    assert {(e["model"], e["strategy"]) for e in result["summary"]} == {
+        (m, st) for m in ("rnn", "lstm", "transformer") for st in ("greedy", "top-k k=40 T=1")}
+    assert "| transformer | top-k k=40 T=1 | 4 |" in captured.out
 
 
 def test_empty_prompt_starts_from_eos_and_bad_settings_are_one_line(tiny_runs, capsys):

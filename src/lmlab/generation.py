@@ -23,6 +23,16 @@ class SamplingSettings:
     repetition_penalty: float = 1.0  # 1.0 = off; > 1 discourages tokens already in the text (Keskar et al. 2019)
     max_tokens: int = 30
 
+    @property
+    def label(self) -> str:
+        """The strategy with the settings that matter for it, e.g. ``top-p p=0.9 T=0.9``."""
+        parts = {"greedy": [], "temperature": [f"T={self.temperature:g}"],
+                 "top-k": [f"k={self.top_k}", f"T={self.temperature:g}"],
+                 "top-p": [f"p={self.top_p:g}", f"T={self.temperature:g}"]}[self.strategy]
+        if self.repetition_penalty != 1.0:
+            parts.append(f"rep={self.repetition_penalty:g}")
+        return " ".join([self.strategy, *parts])
+
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy '{self.strategy}': choose one of {', '.join(STRATEGIES)}")

@@ -15,6 +15,13 @@ import torch.nn.functional as F
 from lmlab.data.batching import IGNORE, batchify_padded, bptt_windows, sliding_windows
 
 
+def score_settings(data_cfg: dict) -> dict:
+    """The keyword arguments of :func:`token_nlls` that a run's ``[data]`` config fixes, so training-time
+    validation and every later evaluation of the run score text the same way."""
+    return {"batch_size": data_cfg["eval_batch_size"], "bptt": data_cfg.get("bptt", 35),
+            "stride": data_cfg.get("eval_stride") or None}
+
+
 @torch.no_grad()
 def token_nlls(
     model,

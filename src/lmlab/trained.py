@@ -11,6 +11,7 @@ from lmlab import rundir
 from lmlab.data.vocab import Vocabulary
 from lmlab.errors import LmlabError
 from lmlab.models import FAMILIES, build_model
+from lmlab.scoring import score_settings
 
 
 @dataclass
@@ -25,9 +26,7 @@ class TrainedModel:
 
     def score_settings(self) -> dict:
         """The evaluation settings the run used, so every later evaluation scores text the same way."""
-        data = self.config["data"]
-        return {"batch_size": data["eval_batch_size"], "bptt": data.get("bptt", 35),
-                "stride": data.get("eval_stride") or None}
+        return score_settings(self.config["data"])
 
 
 def load_trained(run_dir: Path, device: str = "cpu", impl: str | None = None) -> TrainedModel:

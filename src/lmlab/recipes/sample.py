@@ -42,7 +42,7 @@ def run(run_dirs: list[Path], prompts: list[str], settings: list[SamplingSetting
                 for sd in seeds:
                     ids = generate(model.model, model.family, prompt_ids, s, seed=sd)
                     words = model.vocab.decode(ids)
-                    row = {"model": model.name, "prompt": prompt, "strategy": s.strategy, "seed": sd,
+                    row = {"model": model.name, "prompt": prompt, "strategy": s.label, "seed": sd,
                            "settings": asdict(s), "text": " ".join(words), "stats": text_statistics(words)}
                     row["stats"]["fluency_ppl"], row["judge"] = _fluency(judges.get(model.name), prompt_words, words)
                     rows.append(row)

@@ -30,7 +30,8 @@ from lmlab.errors import LmlabError
 from lmlab.metrics.perplexity import perplexity
 from lmlab.models import FAMILIES, build_model, parameter_counts
 from lmlab.report.plots import plot_curves
-from lmlab.scoring import token_nlls
+from lmlab.scoring import score_settings, token_nlls
+
 
 class Diverged(Exception):
     pass
@@ -57,7 +58,7 @@ def run(model: str, preset: str, out: Path, overrides: list[str] = (), resume: b
     counts = parameter_counts(net)
     optimizer = _optimizer(net, optim_cfg)
     train_model = DistributedDataParallel(net) if rt.distributed else net
-    if train_cfg.get("compile"):
+    if train_cfg["compile"]:
         train_model = torch.compile(train_model)
     steps_per_epoch = _steps_per_epoch(family, streams["train"][0].numel(), data_cfg, model_cfg)
     schedule = LRSchedule(optim_cfg, total_steps=train_cfg["epochs"] * steps_per_epoch)
@@ -75,8 +76,7 @@ def run(model: str, preset: str, out: Path, overrides: list[str] = (), resume: b
         )
 
     def validation_nll(split: str) -> tuple[float, int]:
-        nll = token_nlls(net, family, *streams[split], batch_size=data_cfg["eval_batch_size"],
-                         bptt=data_cfg.get("bptt", 35), stride=data_cfg.get("eval_stride") or None)
+        nll = token_nlls(net, family, *streams[split], **score_settings(data_cfg))
         return float(nll.sum()), nll.numel()
 
     status = "finished"
@@ -119,7 +119,7 @@ def run(model: str, preset: str, out: Path, overrides: list[str] = (), resume: b
                 "model": net.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "state": dict(state), "rng": _rng_state(),
             })
-        patience = train_cfg.get("patience", 0)
+        patience = train_cfg["patience"]
         if patience and state["bad_epochs"] >= patience:
             if rt.is_main:
                 print(f"early stopping: no validation improvement for {patience} epochs")
@@ -178,7 +178,8 @@ def _train_epoch(family, train_model, net, optimizer, schedule, stream, data_cfg
             current = loss.item()
             if not math.isfinite(current):
                 raise Diverged(f"loss {current} at step {state['step']}")
-            bar.set_postfix(loss=f"{current:.3f}", tok_s=f"{tokens * rt.world_size / (time.perf_counter() - started):.0f}")
+            tok_s = tokens * rt.world_size / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{current:.3f}", tok_s=f"{tok_s:.0f}")
             if writer:
                 writer.add_scalar("train/step_loss", current, state["step"])
     seconds = time.perf_counter() - started
