@@ -13,8 +13,10 @@ them like any word (a PTB model gives ``<unk>`` a high probability, which flatte
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -87,7 +89,13 @@ def evaluate(trained: TrainedModel, spec: str, kind: str, words: list[str], trai
 
 
 def _training_ids(trained: TrainedModel) -> torch.Tensor:
-    return trained.vocab.encode(read_words(split_files(trained.config["data"]["corpus"])["train"]))
+    return trained.vocab.encode(_training_words(trained.config["data"]["corpus"]))
+
+
+@functools.lru_cache(maxsize=4)
+def _training_words(corpus: str) -> list[str]:
+    """Runs trained on the same corpus share one read of its training split."""
+    return read_words(split_files(corpus)["train"])
 
 
 def results_table(results: list[dict]) -> str:
@@ -147,7 +155,8 @@ def write_comparison(results: list[dict], out: Path, in_domain: str = "ptb:test"
     (out / "cross_domain.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     (out / "cross_domain_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     plot_cross_domain(rows, out / "cross_domain.png")
-    print(f"comparison written to {out}/cross_domain.{{md,csv,png}}")
+    # Status lines go to stderr so that `--json --compare` still prints pure JSON on stdout.
+    print(f"comparison written to {out}/cross_domain.{{md,csv,png}}", file=sys.stderr)
     if degradation:
-        print(f"degrades least: {summary['degrades_least']}, most: {summary['degrades_most']}")
+        print(f"degrades least: {summary['degrades_least']}, most: {summary['degrades_most']}", file=sys.stderr)
     return summary
