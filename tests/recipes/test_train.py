@@ -112,6 +112,14 @@ def test_missing_corpus_and_bad_names_are_one_line_errors(tmp_path):
         assert expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+@pytest.mark.parametrize("model", ["lstm", "transformer"])
+def test_a_corpus_too_small_for_one_batch_is_one_line(model, tiny_corpus, tmp_path, capsys):
+    code = main(["train", "--model", model, "--preset", "smoke", "--out", str(tmp_path / "r"),
+                 *tiny(tiny_corpus, "--set", "data.max_train_tokens=10")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "too small for one batch" in err[0]
+
+
 def test_tensorboard_logging(tiny_corpus, tmp_path):
     pytest.importorskip("tensorboard")
     run = tmp_path / "run"

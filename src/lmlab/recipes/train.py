@@ -61,6 +61,12 @@ def run(model: str, preset: str, out: Path, overrides: list[str] = (), resume: b
     if train_cfg["compile"]:
         train_model = torch.compile(train_model)
     steps_per_epoch = _steps_per_epoch(family, streams["train"][0].numel(), data_cfg, model_cfg)
+    if steps_per_epoch < 1:
+        unit = "window" if family == "transformer" else "column"
+        raise LmlabError(
+            f"the training split ({streams['train'][0].numel():,} tokens) is too small for one batch of "
+            f"{data_cfg['batch_size']} {unit}s: lower data.batch_size"
+            + (" or model.context_length" if family == "transformer" else "") + ", or use more data")
     schedule = LRSchedule(optim_cfg, total_steps=train_cfg["epochs"] * steps_per_epoch)
 
     state = {"epoch": 0, "step": 0, "best_valid_loss": math.inf, "bad_epochs": 0}
@@ -234,7 +240,8 @@ def _shard(batch_size: int, rt) -> slice:
 
 def _steps_per_epoch(family, n_tokens, data_cfg, model_cfg) -> int:
     if family == "recurrent":
-        return math.ceil((n_tokens // data_cfg["batch_size"]) / data_cfg["bptt"])
+        column = n_tokens // data_cfg["batch_size"]
+        return math.ceil(column / data_cfg["bptt"]) if column >= 2 else 0
     return (n_tokens // model_cfg["context_length"] - 1) // data_cfg["batch_size"]
 
 
