@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="run the study: train the three models, evaluate across domains, sample")
     run.add_argument("--preset", default="cpu", help="smoke, cpu or gpu (default: cpu)")
     run.add_argument("--out", type=Path, default=Path("runs"), help="study directory (default: runs)")
-    run.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps (train, eval, sample)")
+    run.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps (train, eval, sample, report)")
     run.add_argument("--skip", nargs="+", metavar="STEP", help="skip these steps")
     return parser
 

@@ -21,6 +21,17 @@ def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, tmp_p
     assert ptb["lstm"]["tokens"] == 82_430 and final["tokens"]["test"] == 4000  # smoke tests on a prefix only
     assert (out / "cross_domain" / "cross_domain.png").is_file()
     assert json.loads((out / "samples.json").read_text())["summary"]
+    report = (out / "report.md").read_text()
+    for section in ("## Setup", "## Penn Treebank", "## Across domains", "## Samples", "## Analysis"):
+        assert section in report
+    for model in ("rnn", "lstm", "transformer"):  # every epoch's numbers, as the run wrote them
+        for row in (out / "ptb" / model / "metrics.jsonl").read_text().splitlines():
+            assert f"| {json.loads(row)['valid_ppl']:.2f} |" in report
+    best = min(("rnn", "lstm", "transformer"),
+               key=lambda m: json.loads((out / "ptb" / m / "final.json").read_text())["test_ppl"])
+    assert f"**{best}** is best" in report
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and 'src="ptb/' not in html  # 3 curves + chart, inlined
     assert main(["run", "--preset", "smoke", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("done already") == 5
 

@@ -20,6 +20,7 @@ from lmlab.data.vocab import EOS
 from lmlab.generation import SamplingSettings, generate
 from lmlab.metrics.perplexity import perplexity
 from lmlab.metrics.text_stats import text_statistics
+from lmlab.report.tables import side_by_side, summary_table
 from lmlab.scoring import token_nlls
 from lmlab.trained import TrainedModel, load_trained
 
@@ -99,30 +100,3 @@ def summarise(rows: list[dict]) -> list[dict]:
             entry[key] = sum(values) / len(values) if values else None
         summary.append(entry)
     return summary
-
-
-def side_by_side(rows: list[dict]) -> str:
-    lines = []
-    for (prompt, strategy), group in _grouped(rows, ("prompt", "strategy")):
-        lines.append(f"\n### «{prompt}» — {strategy}")
-        for r in group:
-            lines.append(f"- **{r['model']}** (seed {r['seed']}): {r['text']}")
-    return "\n".join(lines)
-
-
-def summary_table(summary: list[dict]) -> str:
-    lines = ["", "| model | strategy | n | distinct-1 | distinct-2 | distinct-3 | rep. 4-gram | longest rep. | <unk> rate | "
-             "sent. length | fluency ppl |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for e in summary:
-        fluency = f"{e['fluency_ppl']:.1f}" if e["fluency_ppl"] is not None else "–"
-        lines.append(f"| {e['model']} | {e['strategy']} | {e['samples']} | {e['distinct_1']:.2f} | {e['distinct_2']:.2f} | "
-                     f"{e['distinct_3']:.2f} | {e['repeated_4gram_rate']:.2f} | {e['longest_repeated_span']:.1f} | "
-                     f"{e['unk_rate']:.1%} | {e['mean_sentence_length']:.1f} | {fluency} |")
-    return "\n".join(lines)
-
-
-def _grouped(rows, keys):
-    groups = defaultdict(list)
-    for r in rows:
-        groups[tuple(r[k] for k in keys)].append(r)
-    return groups.items()

@@ -1,7 +1,8 @@
 """lmlab run: the study pipeline. It only calls the other recipes.
 
 Steps so far: ``train`` (RNN, LSTM and Transformer on PTB with one preset) -> ``eval`` (every model on the
-study's corpora, with the cross-domain comparison) -> ``sample`` (the same prompts to every model).
+study's corpora, with the cross-domain comparison) -> ``sample`` (the same prompts to every model) ->
+``report`` (report.md and a self-contained report.html built from the files above).
 A step whose outputs exist with the same config is skipped; an interrupted training resumes from last.pt.
 
 Layout of the study directory::
@@ -10,6 +11,7 @@ Layout of the study directory::
     ptb_table.md                  the perplexity table
     cross_domain/                 cross_domain.json (one object per run x corpus), .md, .csv, .png
     samples.json                  every sample with its statistics, and the summary per model and strategy
+    report.md, report.html        the report
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from lmlab.config import PRESETS, RUNTIME_KEYS, config_differences, load_preset,
 from lmlab.errors import LmlabError
 from lmlab.generation import SamplingSettings
 from lmlab.recipes import evaluate, sample, train
+from lmlab.report.document import write_report
 from lmlab.report.tables import perplexity_table
 
 MODELS = ("rnn", "lstm", "transformer")
-STEPS = ("train", "eval", "sample")
+STEPS = ("train", "eval", "sample", "report")
 
 
 def run(preset: str, out: Path, only: list[str] | None = None, skip: list[str] | None = None) -> None:
@@ -44,6 +47,9 @@ def run(preset: str, out: Path, only: list[str] | None = None, skip: list[str] |
         _once("eval", out / "cross_domain" / "step.json", study["eval"], lambda: cross_domain(run_dirs, study["eval"], out))
     if "sample" in steps:
         _once("sample", out / "samples.step.json", study["sample"], lambda: samples(run_dirs, study["sample"], out))
+    if "report" in steps:  # cheap, and it must reflect whatever the other steps left: always rebuilt
+        md_path, html_path = write_report(out, preset)
+        print(f"[report] {md_path} and {html_path}")
 
 
 def train_all(preset: str, out: Path) -> dict[str, dict]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 
 def perplexity_table(finals: dict[str, dict]) -> str:
     """One row per trained model: parameters, best epoch, validation/test perplexity, wall time."""
@@ -17,3 +19,30 @@ def perplexity_table(finals: dict[str, dict]) -> str:
             f"{f['test_ppl']:.2f} | {minutes:.1f} min |"
         )
     return "\n".join(lines)
+
+
+def side_by_side(rows: list[dict]) -> str:
+    lines = []
+    for (prompt, strategy), group in _grouped(rows, ("prompt", "strategy")):
+        lines.append(f"\n### «{prompt}» — {strategy}")
+        for r in group:
+            lines.append(f"- **{r['model']}** (seed {r['seed']}): {r['text']}")
+    return "\n".join(lines)
+
+
+def summary_table(summary: list[dict]) -> str:
+    lines = ["", "| model | strategy | n | distinct-1 | distinct-2 | distinct-3 | rep. 4-gram | longest rep. | <unk> rate | "
+             "sent. length | fluency ppl |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for e in summary:
+        fluency = f"{e['fluency_ppl']:.1f}" if e["fluency_ppl"] is not None else "–"
+        lines.append(f"| {e['model']} | {e['strategy']} | {e['samples']} | {e['distinct_1']:.2f} | {e['distinct_2']:.2f} | "
+                     f"{e['distinct_3']:.2f} | {e['repeated_4gram_rate']:.2f} | {e['longest_repeated_span']:.1f} | "
+                     f"{e['unk_rate']:.1%} | {e['mean_sentence_length']:.1f} | {fluency} |")
+    return "\n".join(lines)
+
+
+def _grouped(rows, keys):
+    groups = defaultdict(list)
+    for r in rows:
+        groups[tuple(r[k] for k in keys)].append(r)
+    return groups.items()

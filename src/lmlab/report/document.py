@@ -1,0 +1,105 @@
+"""The study report: Markdown built only from files the study wrote, and a self-contained HTML copy.
+
+Every number comes from a JSON file of the study directory; the analysis sentences are generated from them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import platform
+import re
+from pathlib import Path
+
+import markdown
+import torch
+
+from lmlab.report.tables import perplexity_table, side_by_side, summary_table
+
+MODELS = ("rnn", "lstm", "transformer")
+
+
+def build_markdown(study: Path, preset: str) -> str:
+    finals = {m: json.loads((study / "ptb" / m / "final.json").read_text()) for m in MODELS
+              if (study / "ptb" / m / "final.json").is_file()}
+    parts = [f"# lmlab study report (`{preset}` preset)", "", "## Setup", "",
+             f"- machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}",
+             f"- torch {torch.__version__}, Python {platform.python_version()}",
+             "- data: Penn Treebank (Mikolov's split), word level, vocabulary from the training split; "
+             "perplexity per word with one `<eos>` per line (see docs/metrics.md)",
+             f"- command: `lmlab run --preset {preset} --out {study}`", ""]
+    if finals:
+        parts += ["## Penn Treebank: the three from-scratch models", "", perplexity_table(finals), ""]
+        for model, final in finals.items():
+            rows = [json.loads(line) for line in (study / "ptb" / model / "metrics.jsonl").read_text().splitlines()]
+            parts += [f"### {model}", "", f"Evaluation: {final['evaluation']}.", "",
+                      "| epoch | train ppl | valid ppl | lr | tokens/s | seconds |", "|---:|---:|---:|---:|---:|---:|"]
+            parts += [f"| {r['epoch']} | {r['train_ppl']:.2f} | {r['valid_ppl']:.2f} | {r['lr']:.3g} | "
+                      f"{r['tokens_per_s']:,.0f} | {r['seconds']:.0f} |" for r in rows]
+            parts += ["", f"![{model} curves](ptb/{model}/curves.png)", ""]
+    cross = study / "cross_domain" / "cross_domain.md"
+    if cross.is_file():
+        parts += ["## Across domains", "", cross.read_text(), "", "![cross-domain chart](cross_domain/cross_domain.png)", ""]
+    samples_path = study / "samples.json"
+    if samples_path.is_file():
+        samples = json.loads(samples_path.read_text())
+        first_prompt = samples["samples"][0]["prompt"]
+        parts += ["## Samples", "", summary_table(samples["summary"]).strip(), "",
+                  side_by_side([s for s in samples["samples"] if s["prompt"] == first_prompt]).strip(), ""]
+    parts += ["## Analysis (generated from the numbers above)", "", *analysis(study, finals), ""]
+    return "\n".join(parts)
+
+
+def analysis(study: Path, finals: dict) -> list[str]:
+    lines = []
+    if finals:
+        best = min(finals, key=lambda m: finals[m]["test_ppl"])
+        worst = max(finals, key=lambda m: finals[m]["test_ppl"])
+        lines.append(f"- In domain, **{best}** is best (PTB test perplexity {finals[best]['test_ppl']:.2f}) and "
+                     f"**{worst}** worst ({finals[worst]['test_ppl']:.2f}).")
+    summary_path = study / "cross_domain" / "cross_domain_summary.json"
+    if summary_path.is_file():
+        s = json.loads(summary_path.read_text())
+        ratios = s["mean_in_vocab_ratio"]
+        lines.append(f"- Across domains, **{s['degrades_least']}** degrades least (geometric-mean in-vocabulary "
+                     f"perplexity ratio {ratios[s['degrades_least']]:.2f} against {s['in_domain']}) and "
+                     f"**{s['degrades_most']}** most ({ratios[s['degrades_most']]:.2f}).")
+    samples_path = study / "samples.json"
+    if samples_path.is_file():
+        summary = json.loads(samples_path.read_text())["summary"]
+        rep = max(summary, key=lambda e: e["repeated_4gram_rate"])
+        lines.append(f"- The most repetitive decoding is {rep['model']} with {rep['strategy']} "
+                     f"(repeated 4-gram rate {rep['repeated_4gram_rate']:.2f}).")
+    return lines or ["- No results yet."]
+
+
+def write_report(study: Path, preset: str) -> tuple[Path, Path]:
+    md = build_markdown(study, preset)
+    md_path, html_path = study / "report.md", study / "report.html"
+    md_path.write_text(md + "\n", encoding="utf-8")
+    body = markdown.markdown(md, extensions=["tables", "fenced_code"])
+    html_path.write_text(_HTML.format(body=_embed_images(body, study)), encoding="utf-8")
+    return md_path, html_path
+
+
+def _embed_images(html: str, root: Path) -> str:
+    """Inline every <img src="relative.png"> as a data URI, so the HTML file stands alone."""
+
+    def inline(match: re.Match) -> str:
+        path = root / match.group(1)
+        if not path.is_file():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f'src="data:image/png;base64,{data}"'
+
+    return re.sub(r'src="([^"]+\.png)"', inline, html)
+
+
+_HTML = """<!doctype html>
+<html><head><meta charset="utf-8"><title>lmlab study report</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;line-height:1.45}}
+table{{border-collapse:collapse;font-size:90%}}td,th{{border:1px solid #ccc;padding:2px 6px}}img{{max-width:100%}}</style>
+</head><body>
+{body}
+</body></html>
+"""
