@@ -23,11 +23,12 @@ from lmlab import rundir
 from lmlab.config import PRESETS, RUNTIME_KEYS, config_differences, load_preset, load_study
 from lmlab.errors import LmlabError
 from lmlab.generation import SamplingSettings
+from lmlab.models import FAMILIES
 from lmlab.recipes import evaluate, sample, train
 from lmlab.report.document import write_report
 from lmlab.report.tables import perplexity_table
 
-MODELS = ("rnn", "lstm", "transformer")
+MODELS = tuple(FAMILIES)  # rnn, lstm, transformer
 STEPS = ("train", "eval", "sample", "report")
 
 

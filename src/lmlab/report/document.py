@@ -6,7 +6,6 @@ Every number comes from a JSON file of the study directory; the analysis sentenc
 from __future__ import annotations
 
 import base64
-import json
 import platform
 import re
 from pathlib import Path
@@ -14,14 +13,14 @@ from pathlib import Path
 import markdown
 import torch
 
+from lmlab import rundir
+from lmlab.models import FAMILIES
 from lmlab.report.tables import perplexity_table, side_by_side, summary_table
-
-MODELS = ("rnn", "lstm", "transformer")
 
 
 def build_markdown(study: Path, preset: str) -> str:
-    finals = {m: json.loads((study / "ptb" / m / "final.json").read_text()) for m in MODELS
-              if (study / "ptb" / m / "final.json").is_file()}
+    finals = {m: rundir.read_json(study / "ptb" / m / rundir.FINAL) for m in FAMILIES
+              if (study / "ptb" / m / rundir.FINAL).is_file()}
     parts = [f"# lmlab study report (`{preset}` preset)", "", "## Setup", "",
              f"- machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}",
              f"- torch {torch.__version__}, Python {platform.python_version()}",
@@ -31,7 +30,7 @@ def build_markdown(study: Path, preset: str) -> str:
     if finals:
         parts += ["## Penn Treebank: the three from-scratch models", "", perplexity_table(finals), ""]
         for model, final in finals.items():
-            rows = [json.loads(line) for line in (study / "ptb" / model / "metrics.jsonl").read_text().splitlines()]
+            rows = rundir.read_jsonl(study / "ptb" / model / rundir.METRICS)
             parts += [f"### {model}", "", f"Evaluation: {final['evaluation']}.", "",
                       "| epoch | train ppl | valid ppl | lr | tokens/s | seconds |", "|---:|---:|---:|---:|---:|---:|"]
             parts += [f"| {r['epoch']} | {r['train_ppl']:.2f} | {r['valid_ppl']:.2f} | {r['lr']:.3g} | "
@@ -41,16 +40,16 @@ def build_markdown(study: Path, preset: str) -> str:
     if cross.is_file():
         parts += ["## Across domains", "", cross.read_text(), "", "![cross-domain chart](cross_domain/cross_domain.png)", ""]
     samples_path = study / "samples.json"
-    if samples_path.is_file():
-        samples = json.loads(samples_path.read_text())
+    samples = rundir.read_json(samples_path) if samples_path.is_file() else None
+    if samples:
         first_prompt = samples["samples"][0]["prompt"]
         parts += ["## Samples", "", summary_table(samples["summary"]).strip(), "",
                   side_by_side([s for s in samples["samples"] if s["prompt"] == first_prompt]).strip(), ""]
-    parts += ["## Analysis (generated from the numbers above)", "", *analysis(study, finals), ""]
+    parts += ["## Analysis (generated from the numbers above)", "", *analysis(study, finals, samples), ""]
     return "\n".join(parts)
 
 
-def analysis(study: Path, finals: dict) -> list[str]:
+def analysis(study: Path, finals: dict, samples: dict | None) -> list[str]:
     lines = []
     if finals:
         best = min(finals, key=lambda m: finals[m]["test_ppl"])
@@ -59,15 +58,13 @@ def analysis(study: Path, finals: dict) -> list[str]:
                      f"**{worst}** worst ({finals[worst]['test_ppl']:.2f}).")
     summary_path = study / "cross_domain" / "cross_domain_summary.json"
     if summary_path.is_file():
-        s = json.loads(summary_path.read_text())
+        s = rundir.read_json(summary_path)
         ratios = s["mean_in_vocab_ratio"]
         lines.append(f"- Across domains, **{s['degrades_least']}** degrades least (geometric-mean in-vocabulary "
                      f"perplexity ratio {ratios[s['degrades_least']]:.2f} against {s['in_domain']}) and "
                      f"**{s['degrades_most']}** most ({ratios[s['degrades_most']]:.2f}).")
-    samples_path = study / "samples.json"
-    if samples_path.is_file():
-        summary = json.loads(samples_path.read_text())["summary"]
-        rep = max(summary, key=lambda e: e["repeated_4gram_rate"])
+    if samples:
+        rep = max(samples["summary"], key=lambda e: e["repeated_4gram_rate"])
         lines.append(f"- The most repetitive decoding is {rep['model']} with {rep['strategy']} "
                      f"(repeated 4-gram rate {rep['repeated_4gram_rate']:.2f}).")
     return lines or ["- No results yet."]
