@@ -59,6 +59,33 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--json", action="store_true")
     sample.add_argument("--out", type=Path, help="also write the JSON here")
 
+    finetune = sub.add_parser("finetune", help="fine-tune a pretrained LM on a domain corpus (full or LoRA)")
+    finetune.add_argument("--model", help="packaged name (smollm2-135m, gemma3-270m), .gguf file, save_pretrained "
+                                           "directory or hub id (default: the preset's, smollm2-135m)")
+    source = finetune.add_mutually_exclusive_group()
+    source.add_argument("--dataset", help="pubmed (default), pubmedqa, text:PATH or jsonl:PATH")
+    source.add_argument("--text-file", type=Path, help="your own corpus: UTF-8 text, documents separated by blank lines")
+    source.add_argument("--jsonl", type=Path, help="your own corpus: one JSON object a line with 'text'")
+    finetune.add_argument("--out", required=True, type=Path, help="run directory")
+    finetune.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) instead of all weights")
+    finetune.add_argument("--preset", default="cpu", help="smoke, cpu or gpu (default: cpu)")
+    finetune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a config key, e.g. --set data.train_docs=500 (repeatable)")
+    finetune.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+
+    ft_eval = sub.add_parser("ft-eval", parents=[threads],
+                             help="domain/general perplexity, PubMedQA, fill-in-the-blank and completions of pretrained LMs")
+    ft_eval.add_argument("models", nargs="+", metavar="MODEL_OR_DIR")
+    ft_eval.add_argument("--preset", default="cpu", help="smoke, cpu or gpu (default: cpu)")
+    ft_eval.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ft_eval.add_argument("--out", type=Path, help="write NAME.json per model (and comparison.md) here")
+    ft_eval.add_argument("--name", action="append", dest="names", help="file name per model, e.g. before, after")
+    ft_eval.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    models = sub.add_parser("models", help="pretrained models lmlab knows")
+    models.add_subparsers(dest="models_command", required=True).add_parser(
+        "list", help="packaged models, where they come from and whether they are converted and cached")
+
     run = sub.add_parser("run", parents=[threads],
                          help="run the study: train the three models, evaluate across domains, sample")
     run.add_argument("--preset", default="cpu", help="smoke, cpu or gpu (default: cpu)")
@@ -97,6 +124,23 @@ def main(argv: list[str] | None = None) -> int:
                 raise LmlabError(str(e)) from e
             sample.run(args.runs, args.prompt if args.prompt is not None else [""], settings, seed=args.seed,
                        samples=args.samples, judge=args.judge, as_json=args.json, out=args.out)
+        elif args.command == "finetune":
+            from lmlab.recipes import finetune
+
+            dataset = (f"text:{args.text_file}" if args.text_file else f"jsonl:{args.jsonl}" if args.jsonl
+                       else args.dataset)
+            cfg = finetune.configure(args.model, dataset, args.preset, args.overrides, lora=args.lora)
+            finetune.run(cfg, args.out, resume=args.resume)
+        elif args.command == "ft-eval":
+            from lmlab.recipes import ft_eval
+
+            ft_eval.run(args.models, args.preset, args.overrides, out=args.out, names=args.names, as_json=args.json)
+        elif args.command == "models":
+            from lmlab.hf import registry
+
+            for row in registry.list_models():
+                state = f"cached at {row['path']}" if row["cached"] else "not converted yet"
+                print(f"{row['name']:<16} {row['source']:<32} {state}  {row['description']}")
         elif args.command == "run":
             from lmlab.recipes import study
 

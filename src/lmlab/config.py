@@ -45,6 +45,11 @@ def load_study(preset: str) -> dict[str, Any]:
     return _load(_config_root() / "study" / f"{preset}.toml", "the study")
 
 
+def load_recipe_preset(recipe: str, preset: str) -> dict[str, Any]:
+    """The preset of a recipe that is not a PTB model (``finetune``, ``ft_eval``, ``dpo``)."""
+    return _load(_config_root() / recipe / f"{preset}.toml", recipe.replace("_", "-"))
+
+
 def parse_value(text: str) -> Any:
     """Read an override value as TOML would (numbers, booleans, strings, lists); bare words are strings."""
     try:

@@ -57,3 +57,23 @@ def plot_cross_domain(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_finetune_curves(rows: list[dict], path: Path, title: str) -> None:
+    """Training loss per step, and domain-validation / general loss at each evaluation (step 0 = before)."""
+    train = [r for r in rows if r["kind"] == "train"]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    if train:
+        ax.plot([r["step"] for r in train], [r["train_loss"] for r in train], "-", alpha=0.5, label="train (domain)")
+    ax.plot([r["step"] for r in evals], [r["valid_loss"] for r in evals], "s-", label="validation (domain)")
+    if evals and "general_loss" in evals[0]:
+        ax.plot([r["step"] for r in evals], [r["general_loss"] for r in evals], "o-", label="general text")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -46,3 +46,23 @@ def _grouped(rows, keys):
     for r in rows:
         groups[tuple(r[k] for k in keys)].append(r)
     return groups.items()
+
+
+def finetune_table(results: dict[str, dict]) -> str:
+    """One column per model (e.g. before / after): every ft-eval number side by side."""
+    names = list(results)
+    first = results[names[0]]
+    rows = [("domain token ppl", lambda r: r["domain_ppl"], "{:.3f}")]
+    for corpus in first["general_ppl"]:
+        rows.append((f"{corpus} token ppl", lambda r, c=corpus: r["general_ppl"][c], "{:.3f}"))
+    for corpus in first["word_ppl"]:
+        rows.append((f"{corpus} word ppl", lambda r, c=corpus: r["word_ppl"][c], "{:.2f}"))
+    for corpus in first["byte_ppl"]:
+        rows.append((f"{corpus} byte ppl", lambda r, c=corpus: r["byte_ppl"][c], "{:.4f}"))
+    rows += [("PubMedQA accuracy", lambda r: r["pubmedqa_acc"], "{:.3f}"),
+             ("PubMedQA majority baseline", lambda r: r["pubmedqa"]["majority_baseline"], "{:.3f}"),
+             ("fill-in-the-blank accuracy", lambda r: r["cloze_acc"], "{:.3f}")]
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for label, get, fmt in rows:
+        lines.append(f"| {label} | " + " | ".join(fmt.format(get(results[n])) for n in names) + " |")
+    return "\n".join(lines)

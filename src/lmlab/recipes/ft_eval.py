@@ -1,0 +1,109 @@
+"""lmlab ft-eval: one harness for a pretrained model and its fine-tunes (see lmlab.hf.evaluation).
+
+The steps: model -> domain perplexity (held-out documents) -> general perplexity (WikiText-2 raw test,
+Tiny Shakespeare) in token, word and byte units -> PubMedQA accuracy on the official test ids (with the
+majority-class baseline) -> fill-in-the-blank accuracy -> greedy completions of fixed prompts. The result is
+one JSON object per model; with two or more models, a before/after table.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmlab import rundir
+from lmlab.config import apply_overrides, load_recipe_preset
+from lmlab.data.eval_texts import load_eval_text
+from lmlab.hf import evaluation, registry
+from lmlab.hf.domain_data import load_domain, pubmedqa_records
+from lmlab.report.tables import finetune_table
+
+GENERAL_NAMES = {"wikitext2-raw": "wikitext2", "shakespeare": "shakespeare"}
+
+
+def configure(preset: str, overrides: list[str] = ()) -> dict[str, Any]:
+    cfg = apply_overrides(load_recipe_preset("ft_eval", preset), list(overrides))
+    cfg["preset"] = preset
+    return cfg
+
+
+def evaluate_model(name: str, cfg: dict[str, Any], log=print) -> dict[str, Any]:
+    started = time.perf_counter()
+    model, tokenizer = registry.load(name)
+    model.eval()
+    p, q, c = cfg["perplexity"], cfg["pubmedqa"], cfg["cloze"]
+    splits = load_domain(p["domain"])
+    texts = {p["domain"]: [d.text for d in splits.test[: p["domain_docs"]]]}
+    for spec in p["general"]:
+        text = load_eval_text(spec).text
+        if p["general_chars"]:
+            text = text[: text.rfind("\n", 0, p["general_chars"]) + 1] or text[: p["general_chars"]]
+        texts[GENERAL_NAMES.get(spec, spec)] = [text]
+    scores = {}
+    for corpus, docs in texts.items():
+        scores[corpus] = evaluation.score_texts(model, tokenizer, docs, p["window"], p["stride"]).as_dict()
+        log(f"  {corpus}: token ppl {scores[corpus]['token_ppl']:.3f}, word ppl {scores[corpus]['word_ppl']:.3f}, "
+            f"byte ppl {scores[corpus]['byte_ppl']:.4f}")
+    records = pubmedqa_records()["test"][: q["questions"]]
+    qa = evaluation.pubmedqa_accuracy(model, tokenizer, records, q["max_prompt_tokens"])
+    log(f"  PubMedQA: {qa['accuracy']:.3f} on {qa['questions']} test questions (majority {qa['majority_baseline']:.3f})")
+    general_text = "\n".join(load_eval_text(spec).text for spec in p["general"])  # whole texts: a stable reference
+    term_docs = splits.train[: c["term_docs"]] if c["term_docs"] else splits.train
+    terms = evaluation.domain_terms(term_docs, general_text)
+    items = evaluation.cloze_items(splits.test, terms, c["items"], c["candidates"])
+    cloze = evaluation.cloze_accuracy(model, tokenizer, items, c["context_tokens"])
+    cloze["examples"] = [{"answer": i.answer, "candidates": i.candidates, "sentence_end": i.rest[:80]} for i in items[:5]]
+    log(f"  cloze: {cloze['accuracy']:.3f} on {cloze['items']} items (chance {cloze['chance']:.2f})")
+    comp = cfg["completions"]
+    completions = [{"prompt": pr, "text": evaluation.complete(model, tokenizer, pr, comp["max_new_tokens"],
+                                                              comp["repetition_penalty"])} for pr in comp["prompts"]]
+    domain = p["domain"]
+    return {
+        "model": name, "architecture": type(model).__name__, "params": sum(x.numel() for x in model.parameters()),
+        "tokenizer": type(tokenizer).__name__, "vocab_size": len(tokenizer),
+        "domain": domain, "domain_ppl": scores[domain]["token_ppl"],
+        "general_ppl": {k: v["token_ppl"] for k, v in scores.items() if k != domain},
+        "word_ppl": {k: v["word_ppl"] for k, v in scores.items()},
+        "byte_ppl": {k: v["byte_ppl"] for k, v in scores.items()},
+        "bits_per_byte": {k: v["bits_per_byte"] for k, v in scores.items()},
+        "perplexity": scores,
+        "pubmedqa_acc": qa["accuracy"], "pubmedqa": qa,
+        "cloze_acc": cloze["accuracy"], "cloze": cloze,
+        "completions": completions,
+        "settings": cfg, "seconds": time.perf_counter() - started, "threads": torch.get_num_threads(),
+    }
+
+
+def run(models: list[str], preset: str, overrides: list[str] = (), out: Path | None = None,
+        names: list[str] | None = None, as_json: bool = False) -> list[dict[str, Any]]:
+    cfg = configure(preset, overrides)
+    names = names or [_slug(m) for m in models]
+    if len(names) != len(models):
+        from lmlab.errors import LmlabError
+
+        raise LmlabError(f"--name was given {len(names)} times for {len(models)} models: give one per model")
+    results = []
+    for model, name in zip(models, names):
+        print(f"[ft-eval] {model}", flush=True)
+        result = evaluate_model(model, cfg)
+        results.append(result)
+        if out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            rundir.write_json(Path(out) / f"{name}.json", result)
+    if as_json:
+        print(json.dumps(results if len(results) > 1 else results[0], indent=2))
+    elif len(results) > 1:
+        table = finetune_table(dict(zip(names, results)))
+        print(table)
+        if out:
+            (Path(out) / "comparison.md").write_text(table + "\n", encoding="utf-8")
+    return results
+
+
+def _slug(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", model.strip("/")).strip("_") or "model"

@@ -1,0 +1,65 @@
+"""Document-level splits, packing with the model's tokenizer, user corpora and their errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lmlab.errors import LmlabError
+from lmlab.hf.domain_data import Document, load_domain, limit, pack, pubmedqa_records, separator_id, start_ids
+from tests.hf.conftest import gpt2_tokenizer
+
+
+def test_packing_concatenates_documents_with_end_of_text_between():
+    tok = gpt2_tokenizer()
+    docs = [Document("a", "The cell divides."), Document("b", "Mitochondria make ATP in cells.")]
+    sep = separator_id(tok)
+    assert sep == tok.convert_tokens_to_ids("<|endoftext|>") == 50256
+    assert start_ids(tok) == [sep]  # GPT-2 adds no BOS: documents start after an end-of-text
+    expected = [sep] + tok("The cell divides.").input_ids + [sep] + tok("Mitochondria make ATP in cells.").input_ids + [sep]
+    chunks = pack(docs, tok, seq_len=4)
+    assert chunks.shape == (len(expected) // 4, 4)
+    assert chunks.flatten().tolist() == expected[: chunks.numel()]
+
+
+def test_packing_too_little_text_is_a_clear_error():
+    with pytest.raises(LmlabError, match="fewer than one chunk"):
+        pack([Document("a", "short")], gpt2_tokenizer(), seq_len=512)
+
+
+def test_pubmedqa_test_ids_are_never_in_training(domain_data):
+    records = pubmedqa_records()
+    truth = set(json.loads((domain_data / "pubmedqa" / "test_ground_truth.json").read_text()))
+    assert {r.id for r in records["test"]} == truth and len(truth) == 500
+    assert not truth & {r.id for r in records["train"] + records["valid"]}
+    splits = load_domain("pubmedqa")
+    assert {d.id for d in splits.test} == truth
+    assert not truth & {d.id for d in splits.train + splits.valid}
+
+
+def test_pubmed_splits_are_disjoint_stable_and_cover_every_document(domain_data):
+    a, b = load_domain("pubmed"), load_domain("pubmed")
+    ids = [{d.id for d in s} for s in (a.train, a.valid, a.test)]
+    assert sum(map(len, ids)) == len(set().union(*ids)) == 18138
+    assert [d.id for d in a.test] == [d.id for d in b.test]
+    assert 250 < len(a.test) < 500 and 250 < len(a.valid) < 500
+    # the size knob draws from the training split only
+    small = limit(a.train, 50, seed=1)
+    assert len(small) == 50 and {d.id for d in small} <= ids[0]
+
+
+def test_user_corpora_and_their_errors(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("\n\n".join(f"Document number {i} about kidneys." for i in range(40)))
+    splits = load_domain(f"text:{text}")
+    assert len(splits.train) + len(splits.valid) + len(splits.test) == 40
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": f"doc {i}"}) for i in range(5)) + "\n{broken\n")
+    with pytest.raises(LmlabError, match=r"docs.jsonl:6 is not a JSON object"):
+        load_domain(f"jsonl:{jsonl}")
+    with pytest.raises(LmlabError, match="not found"):
+        load_domain(f"text:{tmp_path / 'missing.txt'}")
+    with pytest.raises(LmlabError, match="unknown dataset"):
+        load_domain("wikipedia")

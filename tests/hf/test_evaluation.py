@@ -1,0 +1,90 @@
+"""The before/after harness checked against transformers' own loss and against hand computation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from lmlab.hf import evaluation
+from lmlab.hf.domain_data import Document, QARecord, encode, start_ids
+from tests.hf.conftest import gpt2_tokenizer
+
+TEXT = ("Chronic kidney disease affects millions of adults. Early treatment slows the loss of kidney function, "
+        "and blood pressure control is the first step. ") * 6
+
+
+@pytest.fixture(scope="module")
+def model(tiny_gpt2):
+    return AutoModelForCausalLM.from_pretrained(tiny_gpt2).eval()
+
+
+def test_one_window_equals_transformers_loss(model):
+    tok = gpt2_tokenizer()
+    ids = start_ids(tok) + encode(tok, TEXT)
+    nll, count = evaluation.sliding_nll(model, ids, window=len(ids), stride=len(ids) - 1)
+    with torch.no_grad():
+        hf_loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+    assert count == len(ids) - 1
+    assert nll / count == pytest.approx(hf_loss, rel=1e-5)
+
+
+def test_sliding_windows_score_every_token_once_with_the_stated_context(model):
+    tok = gpt2_tokenizer()
+    ids = start_ids(tok) + encode(tok, TEXT)
+    window, stride = 32, 12
+    nll, count = evaluation.sliding_nll(model, ids, window, stride)
+    assert count == len(ids) - 1
+    # by hand: token t is scored in the window that ends at the first window end >= t+1
+    expected, scored_to = 0.0, 1
+    while scored_to < len(ids):
+        end = min(len(ids), max(scored_to + stride, window))
+        begin = max(0, end - window)
+        assert scored_to - begin >= min(scored_to, window - stride)  # the promised context
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids[begin:end]])).logits[0]
+        for t in range(scored_to, end):
+            expected += F.cross_entropy(logits[t - begin - 1][None], torch.tensor([ids[t]])).item()
+        scored_to = end
+    assert nll == pytest.approx(expected, rel=1e-6)
+
+
+def test_word_and_byte_perplexity_divide_the_same_nll(model):
+    tok = gpt2_tokenizer()
+    score = evaluation.score_texts(model, tok, [TEXT, "Short one."], window=64, stride=32).as_dict()
+    assert score["words"] == len(TEXT.split()) + 2
+    assert score["bytes"] == len(TEXT.encode()) + len("Short one.")
+    assert score["word_ppl"] == pytest.approx(math.exp(score["nll"] / score["words"]))
+    assert score["byte_ppl"] == pytest.approx(math.exp(score["nll"] / score["bytes"]))
+    assert score["bits_per_byte"] == pytest.approx(math.log2(score["byte_ppl"]))
+
+
+def test_pubmedqa_single_token_shortcut_equals_full_continuations(model):
+    tok = gpt2_tokenizer()
+    record = QARecord("1", "Does aspirin reduce fever?", "Aspirin was given to 40 patients. " * 10, "It does.", "yes")
+    prompt = evaluation.pubmedqa_prompt_ids(tok, record, max_tokens=48)
+    assert len(prompt) <= 48 and prompt[-1] == encode(tok, "Answer:")[-1]
+    full = evaluation.continuation_logprobs(model, prompt, [encode(tok, f" {a}") for a in evaluation.ANSWERS])
+    with torch.no_grad():
+        last = model(input_ids=torch.tensor([prompt])).logits[0, -1].log_softmax(-1)
+    assert full == pytest.approx([last[encode(tok, f" {a}")[0]].item() for a in evaluation.ANSWERS], abs=1e-5)
+    result = evaluation.pubmedqa_accuracy(model, tok, [record] * 3, max_tokens=48)
+    assert result["questions"] == 3 and result["majority_baseline"] == 1.0
+    assert result["accuracy"] == (evaluation.ANSWERS[max(range(3), key=full.__getitem__)] == "yes")
+
+
+def test_cloze_rule_blanks_a_domain_term_with_frequency_neighbours():
+    domain = [Document(str(i), "Title\nThe nephrectomy was followed by dialysis and transfusion in patients.")
+              for i in range(30)] + [Document("x", "Title\nCats sleep. " + "Renal biopsy showed fibrosis. " * 12)]
+    general = "The cat sat on the mat with the patients. " * 50
+    terms = dict(evaluation.domain_terms(domain, general))
+    assert {"nephrectomy", "dialysis", "transfusion", "fibrosis"} <= set(terms)
+    assert "patients" not in terms  # frequent in the general text too
+    test_docs = [Document("t", "A title\nShort. In the clinic, dialysis was started after the nephrectomy today.")]
+    [item] = evaluation.cloze_items(test_docs, list(terms.items()), n_items=5, n_candidates=3)
+    assert item.answer == "dialysis" and item.answer in item.candidates and len(item.candidates) == 3
+    assert "nephrectomy" not in item.candidates  # a candidate never occurs in the sentence itself
+    assert item.context.endswith("In the clinic, ") and item.rest.startswith(" was started")
