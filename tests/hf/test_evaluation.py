@@ -87,4 +87,5 @@ def test_cloze_rule_blanks_a_domain_term_with_frequency_neighbours():
     [item] = evaluation.cloze_items(test_docs, list(terms.items()), n_items=5, n_candidates=3)
     assert item.answer == "dialysis" and item.answer in item.candidates and len(item.candidates) == 3
     assert "nephrectomy" not in item.candidates  # a candidate never occurs in the sentence itself
+    assert item.candidates == ["dialysis", "fibrosis", "followed"]  # same ending first, then nearest in frequency
     assert item.context.endswith("In the clinic, ") and item.rest.startswith(" was started")

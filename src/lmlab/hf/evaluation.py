@@ -159,8 +159,9 @@ class ClozeItem:
 
 def cloze_items(docs: list[Document], terms: list[tuple[str, int]], n_items: int, n_candidates: int) -> list[ClozeItem]:
     """One item per held-out document: the first sentence (8-60 words, not the title) holding a term; the
-    blank is the first term in it; the distractors are the terms nearest to it in domain frequency rank that
-    do not occur in the sentence."""
+    blank is the first term in it. The distractors are terms with the same last three letters (so grammar alone
+    rarely decides: -ion, -ity, -ed, -ing ...), nearest to it in domain frequency rank, that do not occur in the
+    sentence; when fewer share the ending, the nearest other terms fill in."""
     rank = {w: i for i, (w, _) in enumerate(terms)}
     items = []
     for d in docs:
@@ -177,7 +178,8 @@ def cloze_items(docs: list[Document], terms: list[tuple[str, int]], n_items: int
             answer = hit.group(0)
             present = set(_WORD.findall(sentence.lower()))
             r = rank[answer]
-            neighbours = sorted((w for w in rank if w not in present), key=lambda w: (abs(rank[w] - r), rank[w]))
+            neighbours = sorted((w for w in rank if w not in present),
+                                key=lambda w: (w[-3:] != answer[-3:], abs(rank[w] - r), rank[w]))
             start = offset + m.start() + hit.start()
             items.append(ClozeItem(d.id, d.text[:start], answer, sentence[hit.end():],
                                    sorted([answer] + neighbours[: n_candidates - 1])))
