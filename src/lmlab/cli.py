@@ -82,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     ft_eval.add_argument("--name", action="append", dest="names", help="file name per model, e.g. before, after")
     ft_eval.add_argument("--json", action="store_true", help="print the results as JSON")
 
+    dpo = sub.add_parser("dpo", help="align a model with DPO (TRL) on preference pairs, measured before and after")
+    dpo.add_argument("--model", help="starting model: a fine-tune's DIR/model, packaged name, .gguf or hub id")
+    dpo.add_argument("--pairs", help="general (default), pubmedqa or jsonl:PATH")
+    dpo.add_argument("--out", required=True, type=Path, help="run directory")
+    dpo.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the saved model)")
+    dpo.add_argument("--preset", default="cpu", help="smoke, cpu or gpu (default: cpu)")
+    dpo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     models = sub.add_parser("models", help="pretrained models lmlab knows")
     models.add_subparsers(dest="models_command", required=True).add_parser(
         "list", help="packaged models, where they come from and whether they are converted and cached")
@@ -135,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             from lmlab.recipes import ft_eval
 
             ft_eval.run(args.models, args.preset, args.overrides, out=args.out, names=args.names, as_json=args.json)
+        elif args.command == "dpo":
+            from lmlab.recipes import dpo
+
+            dpo.run(dpo.configure(args.model, args.pairs, args.preset, args.overrides, lora=args.lora), args.out)
         elif args.command == "models":
             from lmlab.hf import registry
 

@@ -77,3 +77,26 @@ def plot_finetune_curves(rows: list[dict], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_dpo_curves(rows: list[dict], path: Path, title: str) -> None:
+    """DPO loss, implicit-reward accuracy and reward margin per step (TRL's training log)."""
+    steps = [r["step"] for r in rows]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9.0, 3.6), dpi=120)
+    ax.plot(steps, [r["loss"] for r in rows], "-", label="DPO loss")
+    ax.axhline(math.log(2), color="grey", ls=":", label="log 2 (start)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(True, alpha=0.3)
+    ax2.plot(steps, [r.get("rewards/accuracies", float("nan")) for r in rows], "-", label="reward accuracy")
+    ax2.set_ylabel("implicit-reward accuracy (batch)")
+    ax2.set_xlabel("optimizer step")
+    margin_ax = ax2.twinx()
+    margin_ax.plot(steps, [r.get("rewards/margins", float("nan")) for r in rows], "-", color="C1", label="reward margin")
+    margin_ax.set_ylabel("reward margin (beta x log-ratio)", color="C1")
+    ax2.grid(True, alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,184 @@
+"""Preference pairs for DPO, and the measurements that say what alignment changed.
+
+Pair sources (each split into train and a held-out evaluation part by a hash of the prompt):
+- ``general``: ``preferences/dpo_en_demo.json`` (300 conversations with a chosen and a rejected reply),
+  flattened with the model's chat template (``add_generation_prompt``); 20% held out.
+- ``pubmedqa``: PubMedQA's non-test questions only (train split for training, valid split held out; the 500
+  official test ids are never used). Prompt = the abstract (cut from the front to ``context_tokens``) and the
+  question; chosen = the expert long answer followed by "So the answer is <correct decision>."; rejected = the
+  same long answer followed by a wrong decision (the next one of yes -> no -> maybe -> yes). The two replies
+  differ only in the decision, so the preference teaches consistency between the evidence and the verdict.
+- ``jsonl:PATH``: one object a line with string fields ``prompt``, ``chosen``, ``rejected``; 10% held out.
+
+Replies end with the tokenizer's EOS, as TRL does, so our scores and TRL's see the same tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lmlab.data import corpora
+from lmlab.errors import LmlabError
+from lmlab.hf.domain_data import bucket, encode, pubmedqa_records
+
+SOURCES = "general, pubmedqa, jsonl:PATH"
+WRONG = {"yes": "no", "no": "maybe", "maybe": "yes"}
+
+
+@dataclass(frozen=True)
+class Pair:
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+def chat_prompt(tokenizer, turns: list[dict]) -> str:
+    """A conversation up to the assistant's turn, in the model's chat template (or a plain layout without one)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+    return "".join(f"{t['role'].capitalize()}: {t['content']}\n\n" for t in turns) + "Assistant:"
+
+
+def load_pairs(source: str, tokenizer, context_tokens: int = 300) -> dict[str, list[Pair]]:
+    name, _, arg = source.partition(":")
+    if name == "general":
+        pairs = _general(tokenizer)
+        held = 0.2
+    elif name == "pubmedqa":
+        records = pubmedqa_records()
+        return {"train": [_pubmedqa_pair(tokenizer, r, context_tokens) for r in records["train"]],
+                "eval": [_pubmedqa_pair(tokenizer, r, context_tokens) for r in records["valid"]]}
+    elif name == "jsonl":
+        pairs = _jsonl(Path(arg).expanduser(), tokenizer)
+        held = 0.1
+    else:
+        raise LmlabError(f"unknown pair source '{source}': use one of {SOURCES}")
+    out = {"train": [], "eval": []}
+    for p in pairs:
+        out["eval" if bucket(p.prompt) < held else "train"].append(p)
+    if not out["train"] or not out["eval"]:
+        raise LmlabError(f"{source} gives {len(out['train'])} training and {len(out['eval'])} held-out pairs: "
+                         "at least one of each is needed (add pairs)")
+    return out
+
+
+def _eos(tokenizer, text: str) -> str:
+    return text if text.endswith(tokenizer.eos_token) else text + tokenizer.eos_token
+
+
+def _general(tokenizer) -> list[Pair]:
+    rows = json.loads(corpora.split_path("preferences", "all").read_text(encoding="utf-8"))
+    roles = {"human": "user", "gpt": "assistant", "system": "system"}
+    pairs = []
+    for row in rows:
+        turns = [{"role": roles[t["from"]], "content": t["value"]} for t in row["conversations"]]
+        chosen, rejected = row["chosen"]["value"].strip(), row["rejected"]["value"].strip()
+        if chosen != rejected:
+            pairs.append(Pair(chat_prompt(tokenizer, turns), _eos(tokenizer, chosen), _eos(tokenizer, rejected)))
+    return pairs
+
+
+def _pubmedqa_pair(tokenizer, record, context_tokens: int) -> Pair:
+    ids = encode(tokenizer, record.context)
+    context = tokenizer.decode(ids[-context_tokens:]) if len(ids) > context_tokens else record.context
+    question = (f"Abstract: {context}\n\nQuestion: {record.question}\n"
+                "Explain briefly, then answer yes, no or maybe.")
+    prompt = chat_prompt(tokenizer, [{"role": "user", "content": question}])
+    reply = record.long_answer.strip()
+    return Pair(prompt, _eos(tokenizer, f"{reply} So the answer is {record.decision}."),
+                _eos(tokenizer, f"{reply} So the answer is {WRONG[record.decision]}."))
+
+
+def _jsonl(path: Path, tokenizer) -> list[Pair]:
+    if not path.is_file():
+        raise LmlabError(f"pair file {path} not found: give a JSON-lines file with prompt, chosen, rejected")
+    pairs = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LmlabError(f"{path}:{n} is not a JSON object ({e.msg}): one object per line") from e
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k].strip()
+                                                for k in ("prompt", "chosen", "rejected")):
+            raise LmlabError(f"{path}:{n} needs non-empty string fields 'prompt', 'chosen' and 'rejected'")
+        if row["chosen"].strip() == row["rejected"].strip():
+            raise LmlabError(f"{path}:{n} has the same chosen and rejected reply: a pair must differ")
+        pairs.append(Pair(row["prompt"], _eos(tokenizer, row["chosen"]), _eos(tokenizer, row["rejected"])))
+    return pairs
+
+
+# --- measurements ----------------------------------------------------------------------------------------------
+
+def _split_ids(tokenizer, prompt: str, reply: str, max_length: int) -> tuple[list[int], list[int]]:
+    """Prompt and reply ids as TRL makes them: tokenise prompt and prompt+reply, split where they diverge."""
+    p = encode(tokenizer, prompt)
+    full = encode(tokenizer, prompt + reply)
+    k = 0
+    while k < min(len(p), len(full)) and p[k] == full[k]:
+        k += 1
+    prompt_ids, reply_ids = full[:k], full[k:]
+    if len(prompt_ids) + len(reply_ids) > max_length:
+        # cut the prompt from the front (keeping at least its last 16 tokens), then the reply from the end
+        keep = max(min(len(prompt_ids), 16), max_length - len(reply_ids))
+        prompt_ids = prompt_ids[len(prompt_ids) - keep:]
+        reply_ids = reply_ids[: max_length - keep]
+    return prompt_ids, reply_ids
+
+
+@torch.no_grad()
+def reply_logps(model, tokenizer, pairs: list[Pair], max_length: int) -> list[dict]:
+    """Summed log-probabilities of the chosen and rejected reply of every pair, and their token counts."""
+    device = next(model.parameters()).device
+    out = []
+    for pair in pairs:
+        row = {}
+        for side in ("chosen", "rejected"):
+            prompt_ids, reply_ids = _split_ids(tokenizer, pair.prompt, getattr(pair, side), max_length)
+            x = torch.tensor([prompt_ids + reply_ids], device=device)
+            logp = model(input_ids=x).logits[0, len(prompt_ids) - 1:-1].float().log_softmax(-1)
+            row[side] = logp.gather(1, x[0, len(prompt_ids):, None]).sum().item()
+            row[f"{side}_tokens"] = len(reply_ids)
+        out.append(row)
+    return out
+
+
+def preference_metrics(policy: list[dict], reference: list[dict], beta: float) -> dict:
+    """Preference accuracy (summed and per-token log-likelihood), mean log-likelihood margin, and DPO's implicit
+    reward r = beta * (log pi(y|x) - log pi_ref(y|x)): its accuracy and mean margin (0 when policy = reference)."""
+    n = len(policy)
+    margins = [p["chosen"] - p["rejected"] for p in policy]
+    rewards = [beta * ((p["chosen"] - r["chosen"]) - (p["rejected"] - r["rejected"])) for p, r in zip(policy, reference)]
+    return {
+        "pairs": n,
+        "preference_acc": sum(m > 0 for m in margins) / n,
+        "preference_acc_normalized": sum(p["chosen"] / p["chosen_tokens"] > p["rejected"] / p["rejected_tokens"]
+                                         for p in policy) / n,
+        "logp_margin": sum(margins) / n,
+        "reward_acc": sum(r > 0 for r in rewards) / n,
+        "reward_margin": sum(rewards) / n,
+        "logp_chosen": sum(p["chosen"] for p in policy) / n,
+        "logp_rejected": sum(p["rejected"] for p in policy) / n,
+    }
+
+
+@torch.no_grad()
+def kl_from_reference(policy, reference, tokenizer, pairs: list[Pair], max_length: int) -> float:
+    """Mean per-token KL(pi || pi_ref) of the next-token distributions over held-out prompts and their chosen
+    replies (teacher-forced, so both models see the same contexts)."""
+    device = next(policy.parameters()).device
+    total, count = 0.0, 0
+    for pair in pairs:
+        prompt_ids, reply_ids = _split_ids(tokenizer, pair.prompt, pair.chosen, max_length)
+        x = torch.tensor([prompt_ids + reply_ids], device=device)
+        span = slice(len(prompt_ids) - 1, x.shape[1] - 1)
+        lp = policy(input_ids=x).logits[0, span].float().log_softmax(-1)
+        lq = reference(input_ids=x).logits[0, span].float().log_softmax(-1)
+        total += (lp.exp() * (lp - lq)).sum().item()
+        count += lp.shape[0]
+    return total / max(count, 1)

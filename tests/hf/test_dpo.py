@@ -1,0 +1,98 @@
+"""DPO: pair construction, the measurements by hand, one TRL step on a tiny model, and bad pair files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from lmlab.errors import LmlabError
+from lmlab.hf import preferences
+from lmlab.hf.domain_data import pubmedqa_records
+from lmlab.recipes import dpo
+from tests.hf.conftest import gpt2_tokenizer
+
+
+def test_pubmedqa_pairs_use_no_test_question_and_differ_only_in_the_decision(domain_data):
+    tok = gpt2_tokenizer()
+    pairs = preferences.load_pairs("pubmedqa", tok, context_tokens=64)
+    test_questions = {r.question for r in pubmedqa_records()["test"]}
+    everything = pairs["train"] + pairs["eval"]
+    assert len(pairs["train"]) + len(pairs["eval"]) == 500
+    assert not any(q in p.prompt for p in everything for q in test_questions)
+    for p in everything:
+        assert p.chosen != p.rejected and p.chosen.endswith(tok.eos_token)
+        head_c, _, verdict_c = p.chosen.rpartition("So the answer is ")
+        head_r, _, verdict_r = p.rejected.rpartition("So the answer is ")
+        assert head_c == head_r and verdict_c != verdict_r
+
+
+def test_general_pairs_hold_out_a_fifth_and_use_the_chat_layout(domain_data):
+    pairs = preferences.load_pairs("general", gpt2_tokenizer())
+    assert len(pairs["train"]) + len(pairs["eval"]) <= 300 and 40 <= len(pairs["eval"]) <= 80
+    assert not {p.prompt for p in pairs["train"]} & {p.prompt for p in pairs["eval"]}
+    assert all(p.prompt.startswith(("User: ", "System: ")) and p.prompt.endswith("Assistant:") for p in pairs["eval"])
+
+
+def test_preference_accuracy_and_implicit_reward_by_hand():
+    policy = [{"chosen": -10.0, "rejected": -12.0, "chosen_tokens": 10, "rejected_tokens": 4},
+              {"chosen": -9.0, "rejected": -6.0, "chosen_tokens": 3, "rejected_tokens": 6}]
+    reference = [{"chosen": -11.0, "rejected": -11.0, "chosen_tokens": 10, "rejected_tokens": 4},
+                 {"chosen": -9.5, "rejected": -5.0, "chosen_tokens": 3, "rejected_tokens": 6}]
+    m = preferences.preference_metrics(policy, reference, beta=0.5)
+    assert m["preference_acc"] == 0.5  # -10 > -12 yes; -9 > -6 no
+    assert m["preference_acc_normalized"] == 0.5  # -1.0 > -3.0 yes; -3.0 > -1.0 no
+    assert m["logp_margin"] == pytest.approx((2.0 - 3.0) / 2)
+    # rewards: 0.5*((−10+11) − (−12+11)) = 1.0 ; 0.5*((−9+9.5) − (−6+5)) = 0.75
+    assert m["reward_acc"] == 1.0 and m["reward_margin"] == pytest.approx((1.0 + 0.75) / 2)
+    same = preferences.preference_metrics(policy, policy, beta=0.5)
+    assert same["reward_margin"] == 0.0 and same["reward_acc"] == 0.0
+
+
+def _dpo_loss(model, tok, pairs, ref, beta):
+    logps = preferences.reply_logps(model, tok, pairs, max_length=128)
+    delta = torch.tensor([(p["chosen"] - r["chosen"]) - (p["rejected"] - r["rejected"]) for p, r in zip(logps, ref)])
+    return -F.logsigmoid(beta * delta).mean().item()
+
+
+def test_one_trl_dpo_step_lowers_the_loss_on_its_batch(tiny_llama, tmp_path):
+    tok = gpt2_tokenizer()
+    pairs = [preferences.Pair("User: Is the sky blue?\n\nAssistant:", " Yes, it is blue." + tok.eos_token,
+                              " No, it is green." + tok.eos_token),
+             preferences.Pair("User: Do cats bark?\n\nAssistant:", " No, cats meow." + tok.eos_token,
+                              " Yes, cats bark loudly." + tok.eos_token)]
+    cfg = dpo.configure(str(tiny_llama), None, "smoke", ["train.steps=1", "train.batch_size=2", "train.lr=1e-2",
+                                                         "train.warmup_steps=0", "dpo.max_length=128"])
+    policy = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    reference = preferences.reply_logps(policy, tok, pairs, max_length=128)
+    before = _dpo_loss(policy, tok, pairs, reference, cfg["dpo"]["beta"])
+    assert before == pytest.approx(math.log(2), abs=1e-6)  # policy == reference
+    trainer = dpo._trainer(cfg, policy, tok, pairs, tmp_path)
+    trainer.train()
+    after = _dpo_loss(trainer.model.eval(), tok, pairs, reference, cfg["dpo"]["beta"])
+    assert after < before - 1e-3
+
+
+def test_malformed_pair_files_are_one_line_errors(tmp_path):
+    tok = gpt2_tokenizer()
+    cases = {
+        "notjson.jsonl": ("{oops", "is not a JSON object"),
+        "missing.jsonl": (json.dumps({"prompt": "p", "chosen": "c"}), "needs non-empty string fields"),
+        "same.jsonl": (json.dumps({"prompt": "p", "chosen": "c", "rejected": " c "}), "same chosen and rejected"),
+    }
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_text(content + "\n")
+        with pytest.raises(LmlabError, match=message):
+            preferences.load_pairs(f"jsonl:{tmp_path / name}", tok)
+    with pytest.raises(LmlabError, match="not found"):
+        preferences.load_pairs(f"jsonl:{tmp_path / 'absent.jsonl'}", tok)
+    with pytest.raises(LmlabError, match="unknown pair source"):
+        preferences.load_pairs("hh-rlhf", tok)
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(json.dumps({"prompt": f"q{i}", "chosen": "good", "rejected": "bad"}) for i in range(40)))
+    split = preferences.load_pairs(f"jsonl:{good}", tok)
+    assert len(split["train"]) + len(split["eval"]) == 40 and split["eval"]
