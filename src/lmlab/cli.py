@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -95,11 +96,14 @@ def _parser() -> argparse.ArgumentParser:
         "list", help="packaged models, where they come from and whether they are converted and cached")
 
     run = sub.add_parser("run", parents=[threads],
-                         help="run the study: train the three models, evaluate across domains, sample")
+                         help="run the study: train the three models, evaluate across domains, sample, fine-tune, "
+                              "evaluate before/after, DPO, report")
     run.add_argument("--preset", default="cpu", help="smoke, cpu or gpu (default: cpu)")
     run.add_argument("--out", type=Path, default=Path("runs"), help="study directory (default: runs)")
-    run.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps (train, eval, sample, report)")
+    run.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps (train, eval, sample, finetune, ft-eval, dpo, report)")
     run.add_argument("--skip", nargs="+", metavar="STEP", help="skip these steps")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a study key, e.g. --set finetune.model=gemma3-270m (repeatable)")
     return parser
 
 
@@ -156,11 +160,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             from lmlab.recipes import study
 
-            study.run(args.preset, args.out, only=args.only, skip=args.skip)
+            study.run(args.preset, args.out, only=args.only, skip=args.skip, overrides=args.overrides)
     except LmlabError as e:
         print(f"lmlab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("lmlab: interrupted; finished epochs are saved: rerun with --resume to continue", file=sys.stderr)
+        print("lmlab: interrupted; finished steps and the last checkpoint are kept: rerun the same command "
+              "(train/finetune: add --resume) to continue", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"lmlab: error: the disk is full ({e.filename or 'while writing'}): free space and rerun the same "
+              "command; finished steps and checkpoints are kept", file=sys.stderr)
+        return 28
     return 0

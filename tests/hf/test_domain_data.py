@@ -9,7 +9,7 @@ import torch
 
 from lmlab.errors import LmlabError
 from lmlab.hf.domain_data import Document, load_domain, limit, pack, pubmedqa_records, separator_id, start_ids
-from tests.hf.conftest import gpt2_tokenizer
+from tests.conftest import gpt2_tokenizer
 
 
 def test_packing_concatenates_documents_with_end_of_text_between():

@@ -14,7 +14,7 @@ from lmlab.errors import LmlabError
 from lmlab.hf import preferences
 from lmlab.hf.domain_data import pubmedqa_records
 from lmlab.recipes import dpo
-from tests.hf.conftest import gpt2_tokenizer
+from tests.conftest import gpt2_tokenizer
 
 
 def test_pubmedqa_pairs_use_no_test_question_and_differ_only_in_the_decision(domain_data):

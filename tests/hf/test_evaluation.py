@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from lmlab.hf import evaluation
 from lmlab.hf.domain_data import Document, QARecord, encode, start_ids
-from tests.hf.conftest import gpt2_tokenizer
+from tests.conftest import gpt2_tokenizer
 
 TEXT = ("Chronic kidney disease affects millions of adults. Early treatment slows the loss of kidney function, "
         "and blood pressure control is the first step. ") * 6

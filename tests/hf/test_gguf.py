@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lmlab.hf import registry
-from tests.hf.conftest import gpt2_tokenizer
+from tests.conftest import gpt2_tokenizer
 
 gguf = pytest.importorskip("gguf")
 HEADS, KV_HEADS, LAYERS = 4, 2, 2

@@ -5,9 +5,11 @@ import json
 from lmlab.cli import main
 
 
-def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, tmp_path, capsys):
+def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, tiny_llama, tmp_path, capsys):
+    """The whole smoke study; the pretrained model is a tiny random Llama here (the preset's SmolLM2 in real runs)."""
     out = tmp_path / "study"
-    assert main(["run", "--preset", "smoke", "--out", str(out), "--threads", "1"]) == 0
+    study = ["run", "--preset", "smoke", "--out", str(out), "--threads", "1", "--set", f"finetune.model={tiny_llama}"]
+    assert main(study) == 0
     first = capsys.readouterr().out
     table = (out / "ptb_table.md").read_text()
     for model in ("rnn", "lstm", "transformer"):
@@ -22,7 +24,9 @@ def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, tmp_p
     assert (out / "cross_domain" / "cross_domain.png").is_file()
     assert json.loads((out / "samples.json").read_text())["summary"]
     report = (out / "report.md").read_text()
-    for section in ("## Setup", "## Penn Treebank", "## Across domains", "## Samples", "## Analysis"):
+    for section in ("## Setup", "## Penn Treebank", "## Across domains", "## Samples", "## Fine-tuning",
+                    "### Before and after", "### Effect of training-set size", "## Preference alignment (DPO)",
+                    "### `general` pairs", "### `pubmedqa` pairs", "## Analysis"):
         assert section in report
     for model in ("rnn", "lstm", "transformer"):  # every epoch's numbers, as the run wrote them
         for row in (out / "ptb" / model / "metrics.jsonl").read_text().splitlines():
@@ -30,10 +34,22 @@ def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, tmp_p
     best = min(("rnn", "lstm", "transformer"),
                key=lambda m: json.loads((out / "ptb" / m / "final.json").read_text())["test_ppl"])
     assert f"**{best}** is best" in report
+    # fine-tuning and DPO numbers, as their JSON files hold them
+    before, after = (json.loads((out / "finetune" / "full" / f).read_text()) for f in ("before.json", "after.json"))
+    assert f"| domain token ppl | {before['domain_ppl']:.3f} | {after['domain_ppl']:.3f} |" in report
+    assert f"{before['pubmedqa_acc']:.3f} → {after['pubmedqa_acc']:.3f}" in report
+    for size in (10, 40):
+        final = json.loads((out / "finetune" / "sizes" / f"docs{size}" / "final.json").read_text())
+        assert f"| {size} | {final['train_tokens_available']:,} | {final['epochs']:.2f} |" in report
+    for source in ("general", "pubmedqa"):
+        b, a = (json.loads((out / "dpo" / source / f).read_text()) for f in ("before.json", "after.json"))
+        assert f"| preference accuracy (summed log-lik.) | {b['preference_acc']:.3f} | {a['preference_acc']:.3f} |" in report
+        assert b["reward_margin"] == 0.0 and (out / "dpo" / source / "model" / "config.json").is_file()
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and 'src="ptb/' not in html  # 3 curves + chart, inlined
-    assert main(["run", "--preset", "smoke", "--out", str(out)]) == 0
-    assert capsys.readouterr().out.count("done already") == 5
+    # 3 PTB curves + cross-domain chart + full/LoRA curves + data-size chart + 2 DPO curves, all inlined
+    assert html.count("data:image/png;base64,") == 9 and 'src="ptb/' not in html and 'src="dpo/' not in html
+    assert main(study) == 0
+    assert capsys.readouterr().out.count("done already") == 13  # 3 trainings, eval, sample, 4 fine-tunes, 2 ft-evals, 2 DPO
 
 
 def test_only_and_skip_select_steps(tmp_path, capsys):

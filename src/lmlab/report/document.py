@@ -15,6 +15,7 @@ import torch
 
 from lmlab import rundir
 from lmlab.models import FAMILIES
+from lmlab.report.pretrained import analysis_lines, dpo_section, finetune_section
 from lmlab.report.tables import perplexity_table, side_by_side, summary_table
 
 
@@ -45,6 +46,7 @@ def build_markdown(study: Path, preset: str) -> str:
         first_prompt = samples["samples"][0]["prompt"]
         parts += ["## Samples", "", summary_table(samples["summary"]).strip(), "",
                   side_by_side([s for s in samples["samples"] if s["prompt"] == first_prompt]).strip(), ""]
+    parts += finetune_section(study) + dpo_section(study)
     parts += ["## Analysis (generated from the numbers above)", "", *analysis(study, finals, samples), ""]
     return "\n".join(parts)
 
@@ -67,6 +69,7 @@ def analysis(study: Path, finals: dict, samples: dict | None) -> list[str]:
         rep = max(samples["summary"], key=lambda e: e["repeated_4gram_rate"])
         lines.append(f"- The most repetitive decoding is {rep['model']} with {rep['strategy']} "
                      f"(repeated 4-gram rate {rep['repeated_4gram_rate']:.2f}).")
+    lines += analysis_lines(study)
     return lines or ["- No results yet."]
 
 

@@ -100,3 +100,25 @@ def plot_dpo_curves(rows: list[dict], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_size_curves(sizes: dict[str, tuple[dict, list[dict]]], path: Path) -> None:
+    """Domain-validation and general perplexity against steps, one line per training-set size."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9.0, 3.6), dpi=120)
+    for name, (final, rows) in sizes.items():
+        evals = [r for r in rows if r["kind"] == "eval"]
+        label = f"{final['train_docs']} docs ({final['epochs']:.2f} epochs)"
+        ax.plot([r["step"] for r in evals], [r["valid_ppl"] for r in evals], "o-", label=label)
+        if evals and "general_ppl" in evals[0]:
+            ax2.plot([r["step"] for r in evals], [r["general_ppl"] for r in evals], "o-", label=label)
+    ax.set_title("domain (PubMed validation)", fontsize=9)
+    ax2.set_title("general text (forgetting)", fontsize=9)
+    for a in (ax, ax2):
+        a.set_xlabel("optimizer step")
+        a.set_ylabel("perplexity (per token)")
+        a.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

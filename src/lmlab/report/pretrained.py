@@ -1,0 +1,171 @@
+"""Report sections for the pretrained model: fine-tuning (before/after, curves, data size) and DPO.
+
+Like the rest of the report, every number is read from a JSON file the study wrote.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from lmlab import rundir
+from lmlab.report.plots import plot_size_curves
+from lmlab.report.tables import finetune_table
+
+DPO_ROWS = (("preference accuracy (summed log-lik.)", "preference_acc", "{:.3f}"),
+            ("preference accuracy (per token)", "preference_acc_normalized", "{:.3f}"),
+            ("mean log-likelihood margin (nats)", "logp_margin", "{:.2f}"),
+            ("implicit-reward accuracy", "reward_acc", "{:.3f}"),
+            ("implicit-reward margin", "reward_margin", "{:.4f}"),
+            ("KL from reference (nats/token)", "kl_from_reference", "{:.5f}"),
+            ("PubMedQA accuracy", "pubmedqa_acc", "{:.3f}"))
+
+
+def _load(path: Path):
+    return rundir.read_json(path) if path.is_file() else None
+
+
+def finetune_results(study: Path) -> dict:
+    ft = study / "finetune"
+    results = {"before": _load(ft / "base.json")}
+    for mode in ("full", "lora"):
+        results[mode] = _load(ft / mode / "after.json")
+    finals = {mode: _load(ft / mode / rundir.FINAL) for mode in ("full", "lora")}
+    sizes = {}
+    if (ft / "sizes").is_dir():
+        for d in sorted((p for p in (ft / "sizes").iterdir() if p.is_dir()), key=lambda p: int(p.name.removeprefix("docs"))):
+            final = _load(d / rundir.FINAL)
+            if final:
+                sizes[d.name] = (final, rundir.read_jsonl(d / rundir.METRICS))
+    return {"evals": {k: v for k, v in results.items() if v}, "finals": {k: v for k, v in finals.items() if v},
+            "sizes": sizes}
+
+
+def finetune_section(study: Path) -> list[str]:
+    r = finetune_results(study)
+    if not r["finals"] and not r["evals"]:
+        return []
+    parts = ["## Fine-tuning a pretrained model on PubMed", ""]
+    first = next(iter(r["finals"].values()), None)
+    if first:
+        parts += [f"Model `{first['model']}` ({first['params_total'] / 1e6:.1f}M parameters), domain corpus "
+                  f"`{first['config']['data']['dataset']}` (document-level splits; PubMedQA test ids never trained on). "
+                  "Token perplexities are per BPE token of the model's tokenizer; word and byte perplexities divide "
+                  "the same total NLL by the whitespace words / UTF-8 bytes of the text (comparable across tokenizers).", "",
+                  "| run | trainable params | steps | tokens trained | train tokens/s | train time (s) | valid ppl start | best valid ppl | general ppl start | general ppl at best |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for mode, f in r["finals"].items():
+            parts.append(f"| {mode} | {f['params_trainable']:,} | {f['steps']} | {f['tokens_trained']:,} | "
+                         f"{f['train_tokens_per_s']:.1f} | {f['train_seconds']:.0f} | {f['initial_valid_ppl']:.3f} | "
+                         f"{f['best_valid_ppl']:.3f} | {_fmt(f.get('initial_general_ppl'))} | {_fmt(f.get('best_general_ppl'))} |")
+        parts.append("")
+    if len(r["evals"]) > 1:
+        names = {"before": "before", "full": "after full", "lora": "after LoRA"}
+        parts += ["### Before and after (`lmlab ft-eval`)", "",
+                  finetune_table({names[k]: v for k, v in r["evals"].items()}), ""]
+        before = r["evals"]["before"]
+        parts += [f"PubMedQA: zero-shot on the first {before['pubmedqa']['questions']} official test questions "
+                  f"(majority class `{before['pubmedqa']['majority_class']}`); fill-in-the-blank: "
+                  f"{before['cloze']['items']} held-out abstracts, {len(before['cloze']['examples'][0]['candidates']) if before['cloze']['examples'] else 0} candidates each.", ""]
+    for mode in r["finals"]:
+        parts += [f"![{mode} fine-tune curves](finetune/{mode}/curves.png)", ""]
+    if r["sizes"]:
+        plot_size_curves(r["sizes"], study / "finetune" / "sizes" / "sizes.png")
+        parts += ["### Effect of training-set size (same step budget)", "",
+                  "| training docs | tokens available | epochs run | valid ppl start | best valid ppl | step | general ppl start | general ppl at end |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, (f, rows) in r["sizes"].items():
+            evals = [x for x in rows if x["kind"] == "eval"]
+            parts.append(f"| {f['train_docs']} | {f['train_tokens_available']:,} | {f['epochs']:.2f} | "
+                         f"{f['initial_valid_ppl']:.3f} | {f['best_valid_ppl']:.3f} | {f['best_step']} | "
+                         f"{_fmt(f.get('initial_general_ppl'))} | {_fmt(evals[-1].get('general_ppl'))} |")
+        parts += ["", "![data-size curves](finetune/sizes/sizes.png)", ""]
+    if len(r["evals"]) > 1:
+        parts += ["### Completions before and after (greedy, repetition penalty 1.2)", "",
+                  "| prompt | " + " | ".join(r["evals"]) + " |", "|---|" + "---|" * len(r["evals"])]
+        prompts = [c["prompt"] for c in r["evals"]["before"]["completions"]]
+        for i, prompt in enumerate(prompts):
+            cells = [_cell(v["completions"][i]["text"]) for v in r["evals"].values()]
+            parts.append(f"| {_cell(prompt)} | " + " | ".join(cells) + " |")
+        parts.append("")
+    return parts
+
+
+def dpo_results(study: Path) -> dict:
+    out = {}
+    if (study / "dpo").is_dir():
+        for d in sorted((study / "dpo").iterdir()):
+            before, after = _load(d / "before.json"), _load(d / "after.json")
+            if before and after:
+                out[d.name] = (before, after)
+    return out
+
+
+def dpo_section(study: Path) -> list[str]:
+    results = dpo_results(study)
+    if not results:
+        return []
+    parts = ["## Preference alignment (DPO)", ""]
+    for source, (before, after) in results.items():
+        cfg = rundir.read_json(study / "dpo" / source / rundir.CONFIG)
+        general = next(iter(before["general_ppl"]))
+        parts += [f"### `{source}` pairs", "",
+                  f"Start: `{cfg['model']['name']}`; beta {cfg['dpo']['beta']}, {after['steps']} steps on "
+                  f"{after['train_pairs']} training pairs, {after['train_seconds']:.0f} s; measured on "
+                  f"{before['pairs']} held-out pairs.", "",
+                  "| metric | before | after |", "|---|---:|---:|"]
+        parts += [f"| {label} | {fmt.format(before[key])} | {fmt.format(after[key])} |" for label, key, fmt in DPO_ROWS]
+        parts += [f"| {general} token ppl | {before['general_ppl'][general]:.3f} | {after['general_ppl'][general]:.3f} |", "",
+                  f"![DPO curves, {source}](dpo/{source}/curves.png)", ""]
+        if before["generations"]:
+            g0, g1 = before["generations"][0], after["generations"][0]
+            parts += ["| held-out prompt (end) | before | after |", "|---|---|---|",
+                      f"| {_cell(g0['prompt'][-160:])} | {_cell(g0['reply'])} | {_cell(g1['reply'])} |", ""]
+    return parts
+
+
+def analysis_lines(study: Path) -> list[str]:
+    lines = []
+    r = finetune_results(study)
+    ev = r["evals"]
+    for mode in ("full", "lora"):
+        if "before" in ev and mode in ev:
+            b, a = ev["before"], ev[mode]
+            forgetting = ", ".join(f"{c} {b['general_ppl'][c]:.2f} → {a['general_ppl'][c]:.2f} ({_pct(b['general_ppl'][c], a['general_ppl'][c])})"
+                                   for c in b["general_ppl"])
+            lines.append(f"- {mode} fine-tuning: domain token perplexity {b['domain_ppl']:.2f} → {a['domain_ppl']:.2f} "
+                         f"({_pct(b['domain_ppl'], a['domain_ppl'])}); general: {forgetting}; PubMedQA "
+                         f"{b['pubmedqa_acc']:.3f} → {a['pubmedqa_acc']:.3f}; fill-in-the-blank {b['cloze_acc']:.3f} → {a['cloze_acc']:.3f}.")
+    if r["sizes"]:
+        gains = {}
+        for name, (f, rows) in r["sizes"].items():
+            evals = [x for x in rows if x["kind"] == "eval"]
+            gains[f["train_docs"]] = (f["best_valid_ppl"] / f["initial_valid_ppl"] - 1,
+                                      evals[-1].get("general_ppl", math.nan) / (f.get("initial_general_ppl") or math.nan) - 1,
+                                      f["epochs"])
+        best = min(gains, key=lambda k: gains[k][0])
+        most_forget = max(gains, key=lambda k: gains[k][1])
+        lines.append(f"- Data size: with the same step budget, {best} training documents gave the largest domain gain "
+                     f"({gains[best][0]:+.1%} validation perplexity, {gains[best][2]:.2f} epochs); {most_forget} documents "
+                     f"moved general perplexity most ({gains[most_forget][1]:+.1%} by the last step, "
+                     f"{gains[most_forget][2]:.2f} epochs).")
+    for source, (b, a) in dpo_results(study).items():
+        general = next(iter(b["general_ppl"]))
+        lines.append(f"- DPO on `{source}` pairs: held-out preference accuracy {b['preference_acc']:.3f} → "
+                     f"{a['preference_acc']:.3f}, log-likelihood margin {b['logp_margin']:.2f} → {a['logp_margin']:.2f}, "
+                     f"implicit-reward accuracy {a['reward_acc']:.3f}, KL from the reference {a['kl_from_reference']:.4f} "
+                     f"nats/token; PubMedQA {b['pubmedqa_acc']:.3f} → {a['pubmedqa_acc']:.3f}; {general} perplexity "
+                     f"{b['general_ppl'][general]:.2f} → {a['general_ppl'][general]:.2f} ({_pct(b['general_ppl'][general], a['general_ppl'][general])}).")
+    return lines
+
+
+def _fmt(x) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def _pct(before: float, after: float) -> str:
+    return f"{after / before - 1:+.1%}"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
