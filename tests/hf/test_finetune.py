@@ -136,3 +136,22 @@ def test_corrupt_checkpoint_directory_is_a_one_line_error(tiny_gpt2, tmp_path):
     (broken / "model.safetensors").write_bytes(b"truncated")
     with pytest.raises(LmlabError, match="corrupt"):
         registry.load(str(broken))
+
+
+def test_two_processes_under_torchrun_share_the_work(tiny_gpt2, corpus, tmp_path):
+    """The same command under torchrun (accelerate underneath): each process takes its share of the global
+    batch and the logged loss is the global batch's."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lmlab",
+           "finetune", "--model", str(tiny_gpt2), "--text-file", str(corpus), "--preset", "smoke",
+           "--out", str(tmp_path / "ddp"), "--set", "train.general_corpus=", "--set", "data.train_docs=0",
+           "--set", "data.seq_len=32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    final = json.loads((tmp_path / "ddp" / "final.json").read_text())
+    assert final["processes"] == 2 and final["tokens_trained"] == 4 * 2 * 2 * 32
+    assert (tmp_path / "ddp" / "model" / "config.json").is_file()

@@ -137,6 +137,8 @@ def run(cfg: dict[str, Any], out: Path, resume: bool = False) -> dict[str, Any]:
                 loss = model(input_ids=x, labels=x).loss / train_cfg["grad_accum"]
             accelerator.backward(loss)
             loss_sum += loss.item()
+        if world > 1:  # log the loss of the global batch, not of process 0's share
+            loss_sum = accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "mean").item()
         grad_norm = accelerator.clip_grad_norm_(trainable, optim_cfg["grad_clip"])
         optimizer.step()
         schedule.step()
