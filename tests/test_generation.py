@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import torch
 
 from lmlab.cli import main
@@ -71,3 +73,30 @@ def test_empty_prompt_starts_from_eos_and_bad_settings_are_one_line(tiny_runs, c
     capsys.readouterr()
     assert main(["sample", str(tiny_runs["lstm"]), "--strategy", "top-p", "--top-p", "1.5"]) == 2
     assert "top_p" in capsys.readouterr().err
+
+
+def test_pretrained_models_sample_through_the_same_code_with_their_cache(tiny_gpt2):
+    from transformers import AutoModelForCausalLM
+
+    from lmlab.generation import SamplingSettings, generate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2).eval()
+    prompt = [50256, 464, 21919]
+    greedy = generate(model, "pretrained", prompt, SamplingSettings("greedy", max_tokens=6))
+    ids = list(prompt)
+    with torch.no_grad():  # the same greedy continuation without any cache
+        for _ in range(6):
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    assert greedy == ids[len(prompt):]
+    s = SamplingSettings("top-p", top_p=0.9, max_tokens=6)
+    assert generate(model, "pretrained", prompt, s, seed=3) == generate(model, "pretrained", prompt, s, seed=3)
+
+
+def test_lmlab_sample_takes_pretrained_models_beside_ptb_runs(tiny_gpt2, capsys):
+    from lmlab.cli import main
+
+    assert main(["sample", str(tiny_gpt2), "--prompt", "The kidney", "--strategy", "greedy", "--strategy", "top-k",
+                 "--max-tokens", "5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {r["strategy"] for r in result["samples"]} == {"greedy", "top-k k=40 T=1"}
+    assert all(r["model"] == "model" and r["stats"]["fluency_ppl"] is None for r in result["samples"])

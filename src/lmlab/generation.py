@@ -1,7 +1,8 @@
-"""Sampling from word-level models: greedy, temperature, top-k, top-p, with a repetition penalty.
+"""Sampling from any of our models: greedy, temperature, top-k, top-p, with a repetition penalty.
 
 Recurrent models carry their state from step to step; the Transformer keeps a key/value cache (and, past
 its context length, re-reads the last ``context_length - 1`` tokens, since its positions are absolute).
+Pretrained Hugging Face models use their own key/value cache (family ``pretrained``).
 Every random draw comes from one seeded ``torch.Generator``: same model, prompt, settings and seed, same text.
 """
 
@@ -72,7 +73,8 @@ def generate(model, family: str, prompt_ids: list[int], s: SamplingSettings, see
     device = next(model.parameters()).device
     tokens = list(prompt_ids)
     out: list[int] = []
-    step = _recurrent_stepper(model, device) if family == "recurrent" else _transformer_stepper(model, device, use_cache)
+    steppers = {"recurrent": _recurrent_stepper, "transformer": _transformer_stepper, "pretrained": _pretrained_stepper}
+    step = steppers[family](model, device, use_cache) if family == "transformer" else steppers[family](model, device)
     logits = step(tokens, new=len(tokens))
     for _ in range(s.max_tokens):
         token = next_token(logits, tokens, s, generator)
@@ -106,5 +108,18 @@ def _transformer_stepper(model, device, use_cache: bool):
             cache = model.new_cache()
             new = min(len(tokens), context - 1)
         return model(torch.tensor(tokens[-new:], device=device).view(1, -1), cache)[0, -1]
+
+    return step
+
+
+def _pretrained_stepper(model, device):
+    """A Hugging Face causal LM with its own key/value cache: the same sampling code serves every model."""
+    past = None
+
+    def step(tokens, new):
+        nonlocal past
+        out = model(input_ids=torch.tensor([tokens[-new:]], device=device), cache=past, use_cache=True)
+        past = out.cache
+        return out.logits[0, -1]
 
     return step

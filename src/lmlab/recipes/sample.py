@@ -15,7 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lmlab.data.batching import lm_pairs
-from lmlab.data.normalize import tokenize
+from lmlab import rundir
+from lmlab.data.normalize import split_sentences, tokenize
 from lmlab.data.vocab import EOS
 from lmlab.generation import SamplingSettings, generate
 from lmlab.metrics.perplexity import perplexity
@@ -31,10 +32,13 @@ STAT_KEYS = ("distinct_1", "distinct_2", "distinct_3", "repeated_4gram_rate", "l
 def run(run_dirs: list[Path], prompts: list[str], settings: list[SamplingSettings], seed: int = 0,
         samples: int = 1, judge: Path | None = None, as_json: bool = False, out: Path | None = None) -> dict:
     # Generation always uses the scratch implementation: same weights, and it has the key/value cache.
-    models = [load_trained(d, impl="scratch") for d in run_dirs]
+    models = [load_trained(d, impl="scratch") for d in run_dirs if not _is_pretrained(d)]
+    pretrained = [_load_pretrained(str(d)) for d in run_dirs if _is_pretrained(d)]
     judges = _judges(models, load_trained(judge) if judge else None)
     rows = []
     for prompt in prompts:
+        for name, model, tokenizer in pretrained:
+            rows += _pretrained_rows(name, model, tokenizer, prompt, settings, seed, samples)
         for model in models:
             prompt_words = prompt_tokens(prompt, model)
             prompt_ids = model.vocab.encode([EOS, *prompt_words]).tolist()
@@ -57,6 +61,39 @@ def run(run_dirs: list[Path], prompts: list[str], settings: list[SamplingSetting
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
+
+
+def _is_pretrained(spec) -> bool:
+    """A PTB run directory has final.json and vocab.txt; anything else names a pretrained model
+    (save_pretrained directory, packaged name, .gguf, hub id)."""
+    path = Path(spec)
+    if (path / rundir.FINAL).is_file() and (path / rundir.VOCAB).is_file():
+        return False
+    return (path / "config.json").is_file() or not path.exists() and "/" not in str(spec) or path.suffix == ".gguf"
+
+
+def _load_pretrained(spec: str):
+    from lmlab.hf import registry
+
+    model, tokenizer = registry.load(spec)
+    return Path(spec).name if Path(spec).exists() else spec, model.eval(), tokenizer
+
+
+def _pretrained_rows(name, model, tokenizer, prompt, settings, seed, samples) -> list[dict]:
+    """Same sampling code as the word-level models; statistics on the continuation split into words and
+    sentences by PTB's conventions, so the numbers compare with theirs (no fluency judge: another tokenizer)."""
+    from lmlab.hf.domain_data import encode, start_ids
+
+    rows = []
+    prompt_ids = start_ids(tokenizer) + encode(tokenizer, prompt)
+    for s in settings:
+        for sd in [seed] if s.strategy == "greedy" else [seed + k for k in range(samples)]:
+            text = tokenizer.decode(generate(model, "pretrained", prompt_ids, s, seed=sd), skip_special_tokens=True)
+            words = [w for sentence in split_sentences(text) for w in [*tokenize(sentence), EOS]]
+            rows.append({"model": name, "prompt": prompt, "strategy": s.label, "seed": sd, "settings": asdict(s),
+                         "text": " ".join(text.split()), "stats": dict(text_statistics(words), fluency_ppl=None),
+                         "judge": None})
+    return rows
 
 
 def prompt_tokens(prompt: str, model: TrainedModel) -> list[str]:
