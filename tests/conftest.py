@@ -106,3 +106,12 @@ def tiny_llama(tmp_path_factory) -> Path:
                          num_key_value_heads=2, vocab_size=50257, max_position_embeddings=256,
                          bos_token_id=50256, eos_token_id=50256, tie_word_embeddings=True)
     return save_tiny(LlamaForCausalLM(config), tmp_path_factory.mktemp("llama") / "model")
+
+
+@pytest.fixture
+def domain_data():
+    """The shared corpora (PubMed, PubMedQA, WikiText-2 raw, Shakespeare) or a skip."""
+    if not (data_dir() / "pubmed" / "abstracts.jsonl").is_file():
+        pytest.skip("the PubMed corpora are not in the data directory (set LMLAB_DATA_DIR)")
+    os.environ["LMLAB_DATA_DIR"] = str(data_dir())
+    return data_dir()

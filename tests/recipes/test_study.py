@@ -5,7 +5,7 @@ import json
 from lmlab.cli import main
 
 
-def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, tiny_llama, tmp_path, capsys):
+def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, domain_data, tiny_llama, tmp_path, capsys):
     """The whole smoke study; the pretrained model is a tiny random Llama here (the preset's SmolLM2 in real runs)."""
     out = tmp_path / "study"
     study = ["run", "--preset", "smoke", "--out", str(out), "--threads", "1", "--set", f"finetune.model={tiny_llama}"]
@@ -50,6 +50,8 @@ def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, tiny_
     assert html.count("data:image/png;base64,") == 9 and 'src="ptb/' not in html and 'src="dpo/' not in html
     assert main(study) == 0
     assert capsys.readouterr().out.count("done already") == 13  # 3 trainings, eval, sample, 4 fine-tunes, 2 ft-evals, 2 DPO
+    log = (out / "study.log").read_text()
+    assert log.count("[study]") == 2 and "[report]" in log  # the whole run is logged, run after run
 
 
 def test_only_and_skip_select_steps(tmp_path, capsys):
@@ -60,3 +62,41 @@ def test_only_and_skip_select_steps(tmp_path, capsys):
 def test_unknown_preset_is_a_clear_error(tmp_path, capsys):
     assert main(["run", "--preset", "huge", "--out", str(tmp_path)]) == 2
     assert "unknown preset 'huge'" in capsys.readouterr().err
+
+
+def test_ctrl_c_mid_step_then_rerun_continues_where_it_stopped(domain_data, tiny_llama, tmp_path, capsys, monkeypatch):
+    from lmlab.recipes import finetune
+
+    study = ["run", "--preset", "smoke", "--out", str(tmp_path), "--only", "finetune",
+             "--set", f"finetune.model={tiny_llama}", "--set", "finetune.sizes.train_docs=[]"]
+    real = finetune._checkpoint
+
+    def interrupted(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "_checkpoint", interrupted)
+    assert main(study) == 130
+    assert "interrupted; finished steps and the last checkpoint are kept" in capsys.readouterr().err
+    monkeypatch.setattr(finetune, "_checkpoint", real)
+    assert main(study) == 0
+    out = capsys.readouterr().out
+    assert f"[finetune full] resuming in {tmp_path / 'finetune' / 'full'}" in out
+    steps = [json.loads(r)["step"] for r in (tmp_path / "finetune" / "full" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(r)["kind"] == "train"]
+    assert steps == [1, 2, 3, 4]  # no step lost or repeated
+    assert "[study]" in (tmp_path / "study.log").read_text()
+
+
+def test_a_full_disk_is_a_clear_message(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from lmlab.recipes import study
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "report.md"))
+
+    monkeypatch.setattr(study, "write_report", full)
+    assert main(["run", "--preset", "smoke", "--out", str(tmp_path), "--only", "report"]) == 28
+    err = capsys.readouterr().err
+    assert "lmlab: error: the disk is full" in err and "Traceback" not in err

@@ -22,8 +22,11 @@ Layout of the study directory::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import sys
+import time
 from pathlib import Path
 
 from lmlab import rundir
@@ -48,6 +51,13 @@ def run(preset: str, out: Path, only: list[str] | None = None, skip: list[str] |
             raise LmlabError(f"unknown step '{step}': choose from {', '.join(STEPS)}")
     steps = [s for s in STEPS if (not only or s in only) and s not in (skip or [])]
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with _logged(out / "study.log"):
+        print(f"[study] {time.strftime('%Y-%m-%d %H:%M:%S')} preset {preset}, steps {' '.join(steps)}", flush=True)
+        _run_steps(preset, out, steps, overrides)
+
+
+def _run_steps(preset: str, out: Path, steps: list[str], overrides: list[str]) -> None:
     study = apply_overrides(load_study(preset), list(overrides))
     run_dirs = [out / "ptb" / m for m in MODELS]
     if "train" in steps:
@@ -169,6 +179,36 @@ def align(preset: str, study: dict, out: Path) -> None:
             shutil.rmtree(run_dir)  # DPO does not resume: an interrupted run starts over
         print(f"[dpo {source}] from {start}", flush=True)
         dpo.run(dpo_cfg, run_dir)
+
+
+class _Tee:
+    """A stream that writes to the terminal and to the study log."""
+
+    def __init__(self, stream, log):
+        self.stream, self.log = stream, log
+
+    def write(self, text):
+        self.log.write(text)
+        return self.stream.write(text)
+
+    def flush(self):
+        self.log.flush()
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def _logged(path: Path):
+    """Everything the study prints (progress bars included) also goes to ``path``, appended run after run."""
+    with path.open("a", encoding="utf-8") as log:
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = out, err
 
 
 def _once(name: str, marker: Path, cfg: dict, step) -> None:
