@@ -45,9 +45,18 @@ def load_study(preset: str) -> dict[str, Any]:
     return _load(_config_root() / "study" / f"{preset}.toml", "the study")
 
 
-def load_recipe_preset(recipe: str, preset: str) -> dict[str, Any]:
-    """The preset of a recipe that is not a PTB model (``finetune``, ``ft_eval``, ``dpo``)."""
-    return _load(_config_root() / recipe / f"{preset}.toml", recipe.replace("_", "-"))
+def recipe_config(recipe: str, preset: str, chosen: dict[str, Any] | None = None,
+                  overrides: list[str] = ()) -> dict[str, Any]:
+    """The preset of a recipe that is not a PTB model (``finetune``, ``ft_eval``, ``dpo``), with the values the
+    command line chose (``{"model.name": …}``; None = keep the preset's) and then ``--set`` overrides."""
+    cfg = _load(_config_root() / recipe / f"{preset}.toml", recipe.replace("_", "-"))
+    for dotted, value in (chosen or {}).items():
+        if value is not None:
+            section, key = dotted.split(".")
+            cfg[section][key] = value
+    cfg = apply_overrides(cfg, list(overrides))
+    cfg["preset"] = preset
+    return cfg
 
 
 def parse_value(text: str) -> Any:

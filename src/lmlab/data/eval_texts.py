@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmlab.data import corpora
+from lmlab.data import corpora, user_files
 from lmlab.errors import LmlabError
 
 PUBMED_DEFAULT_ABSTRACTS = 1000
@@ -29,13 +29,7 @@ class EvalText:
 def load_eval_text(spec: str) -> EvalText:
     name, _, arg = spec.partition(":")
     if name in ("file", "tokens"):
-        path = Path(arg).expanduser()
-        if not path.is_file():
-            raise LmlabError(f"file {path} not found: give the path of a UTF-8 text file after '{name}:'")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise LmlabError(f"{path} is not UTF-8 text ({e.reason}): convert it first") from e
+        text = user_files.read_text(Path(arg), "text file")
         return EvalText(spec, "raw" if name == "file" else "ptb", text)
     if name == "ptb":
         return EvalText(spec, "ptb", corpora.split_path("ptb", arg or "test").read_text(encoding="utf-8"))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lmlab.data import corpora
+from lmlab.data import corpora, user_files
 from lmlab.errors import LmlabError
 
 DATASETS = "pubmed, pubmedqa, text:PATH, jsonl:PATH"
@@ -100,23 +100,11 @@ def load_domain(dataset: str) -> DomainSplits:
 
 
 def _user_documents(kind: str, path: Path) -> list[Document]:
-    if not path.is_file():
-        raise LmlabError(f"corpus file {path} not found: give the path of a UTF-8 {kind} file")
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise LmlabError(f"{path} is not UTF-8 text ({e.reason}): convert it first") from e
     if kind == "text":
-        texts = [p.strip() for p in raw.split("\n\n") if p.strip()]
+        texts = [p.strip() for p in user_files.read_text(path, "corpus file").split("\n\n") if p.strip()]
     else:
         texts = []
-        for n, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmlabError(f"{path}:{n} is not a JSON object ({e.msg}): one object per line") from e
+        for n, row in user_files.read_jsonl(path, "corpus file"):
             text = row.get("text") or "\n".join(str(row[k]) for k in ("title", "abstract") if row.get(k))
             if not text:
                 raise LmlabError(f"{path}:{n} has no 'text' (or 'title'/'abstract') field")

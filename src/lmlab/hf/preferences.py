@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from lmlab.data import corpora
+from lmlab.data import corpora, user_files
 from lmlab.errors import LmlabError
 from lmlab.hf.domain_data import bucket, encode, pubmedqa_records
 
@@ -94,18 +94,9 @@ def _pubmedqa_pair(tokenizer, record, context_tokens: int) -> Pair:
 
 
 def _jsonl(path: Path, tokenizer) -> list[Pair]:
-    if not path.is_file():
-        raise LmlabError(f"pair file {path} not found: give a JSON-lines file with prompt, chosen, rejected")
     pairs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LmlabError(f"{path}:{n} is not a JSON object ({e.msg}): one object per line") from e
-        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k].strip()
-                                                for k in ("prompt", "chosen", "rejected")):
+    for n, row in user_files.read_jsonl(path, "pair file"):
+        if not all(isinstance(row.get(k), str) and row[k].strip() for k in ("prompt", "chosen", "rejected")):
             raise LmlabError(f"{path}:{n} needs non-empty string fields 'prompt', 'chosen' and 'rejected'")
         if row["chosen"].strip() == row["rejected"].strip():
             raise LmlabError(f"{path}:{n} has the same chosen and rejected reply: a pair must differ")

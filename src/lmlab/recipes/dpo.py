@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from lmlab import rundir
-from lmlab.config import apply_overrides, load_recipe_preset
+from lmlab.config import recipe_config
 from lmlab.data.eval_texts import load_eval_text
 from lmlab.errors import LmlabError
 from lmlab.hf import evaluation, preferences, registry
@@ -34,16 +34,8 @@ MODEL_DIR = "model"
 
 def configure(model: str | None, pairs: str | None, preset: str, overrides: list[str] = (),
               lora: bool = False) -> dict[str, Any]:
-    cfg = load_recipe_preset("dpo", preset)
-    if model:
-        cfg["model"]["name"] = model
-    if pairs:
-        cfg["pairs"]["source"] = pairs
-    if lora:
-        cfg["lora"]["enabled"] = True
-    cfg = apply_overrides(cfg, list(overrides))
-    cfg["preset"] = preset
-    return cfg
+    return recipe_config("dpo", preset, {"model.name": model, "pairs.source": pairs,
+                                         "lora.enabled": True if lora else None}, overrides)
 
 
 def run(cfg: dict[str, Any], out: Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from lmlab import rundir, runtime
-from lmlab.config import apply_overrides, config_differences, load_recipe_preset
+from lmlab.config import config_differences, recipe_config
 from lmlab.data.eval_texts import load_eval_text
 from lmlab.errors import LmlabError
 from lmlab.hf import registry
@@ -38,16 +38,8 @@ RESUMABLE_KEYS = {("train", "steps"), ("train", "threads"), ("train", "device"),
 
 def configure(model: str | None, dataset: str | None, preset: str, overrides: list[str] = (),
               lora: bool = False) -> dict[str, Any]:
-    cfg = load_recipe_preset("finetune", preset)
-    if model:
-        cfg["model"]["name"] = model
-    if dataset:
-        cfg["data"]["dataset"] = dataset
-    if lora:
-        cfg["lora"]["enabled"] = True
-    cfg = apply_overrides(cfg, list(overrides))
-    cfg["preset"] = preset
-    return cfg
+    return recipe_config("finetune", preset, {"model.name": model, "data.dataset": dataset,
+                                              "lora.enabled": True if lora else None}, overrides)
 
 
 def run(cfg: dict[str, Any], out: Path, resume: bool = False) -> dict[str, Any]:

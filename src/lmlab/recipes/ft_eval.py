@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from lmlab import rundir
-from lmlab.config import apply_overrides, load_recipe_preset
+from lmlab.config import recipe_config
 from lmlab.data.eval_texts import load_eval_text
 from lmlab.hf import evaluation, registry
 from lmlab.hf.domain_data import load_domain, pubmedqa_records
@@ -27,9 +27,7 @@ GENERAL_NAMES = {"wikitext2-raw": "wikitext2", "shakespeare": "shakespeare"}
 
 
 def configure(preset: str, overrides: list[str] = ()) -> dict[str, Any]:
-    cfg = apply_overrides(load_recipe_preset("ft_eval", preset), list(overrides))
-    cfg["preset"] = preset
-    return cfg
+    return recipe_config("ft_eval", preset, overrides=overrides)
 
 
 def evaluate_model(name: str, cfg: dict[str, Any], log=print) -> dict[str, Any]:
