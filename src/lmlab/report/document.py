@@ -6,6 +6,7 @@ Every number comes from a JSON file of the study directory; the analysis sentenc
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import platform
 import re
 from pathlib import Path
@@ -24,7 +25,10 @@ def build_markdown(study: Path, preset: str) -> str:
               if (study / "ptb" / m / rundir.FINAL).is_file()}
     parts = [f"# lmlab study report (`{preset}` preset)", "", "## Setup", "",
              f"- machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}",
-             f"- torch {torch.__version__}, Python {platform.python_version()}",
+             f"- versions: Python {platform.python_version()}, " + ", ".join(
+                 f"{name} {_version(name)}" for name in ("torch", "transformers", "peft", "trl", "accelerate")),
+             f"- presets: `{preset}` for every step (src/lmlab/configs/*/{preset}.toml); the log of every run of the "
+             "study is `study.log`",
              "- data: Penn Treebank (Mikolov's split), word level, vocabulary from the training split; "
              "perplexity per word with one `<eos>` per line (see docs/metrics.md)",
              f"- command: `lmlab run --preset {preset} --out {study}`", ""]
@@ -49,6 +53,13 @@ def build_markdown(study: Path, preset: str) -> str:
     parts += finetune_section(study) + dpo_section(study)
     parts += ["## Analysis (generated from the numbers above)", "", *analysis(study, finals, samples), ""]
     return "\n".join(parts)
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def analysis(study: Path, finals: dict, samples: dict | None) -> list[str]:
