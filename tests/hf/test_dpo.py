@@ -96,3 +96,18 @@ def test_malformed_pair_files_are_one_line_errors(tmp_path):
     good.write_text("\n".join(json.dumps({"prompt": f"q{i}", "chosen": "good", "rejected": "bad"}) for i in range(40)))
     split = preferences.load_pairs(f"jsonl:{good}", tok)
     assert len(split["train"]) + len(split["eval"]) == 40 and split["eval"]
+
+
+def test_long_pairs_are_cut_to_fit_keeping_the_end_of_the_prompt():
+    from lmlab.hf.domain_data import encode
+
+    tok = gpt2_tokenizer()
+    long = preferences.Pair("User: " + "tell me more about kidneys. " * 80 + "Last question?\n\nAssistant:",
+                            " Yes. " + "The kidney filters blood. " * 60, " No. " + "The heart pumps blood. " * 60)
+    cut = preferences.fit(long, tok, max_length=128)
+    for reply in (cut.chosen, cut.rejected):
+        assert len(encode(tok, cut.prompt + reply)) <= 128
+    assert cut.prompt.endswith("Last question?\n\nAssistant:") and cut.chosen.startswith(" Yes.")
+    assert cut.chosen != cut.rejected
+    short = preferences.Pair("User: hi\n\nAssistant:", " Hello.", " Go away.")
+    assert preferences.fit(short, tok, max_length=128) == short

@@ -43,7 +43,39 @@ def chat_prompt(tokenizer, turns: list[dict]) -> str:
     return "".join(f"{t['role'].capitalize()}: {t['content']}\n\n" for t in turns) + "Assistant:"
 
 
-def load_pairs(source: str, tokenizer, context_tokens: int = 300) -> dict[str, list[Pair]]:
+def load_pairs(source: str, tokenizer, context_tokens: int = 300, max_length: int = 0) -> dict[str, list[Pair]]:
+    """Train and held-out pairs; with ``max_length``, every pair is cut to fit it (see :func:`fit`)."""
+    pairs = _load_pairs(source, tokenizer, context_tokens)
+    if max_length:
+        pairs = {split: [fit(p, tokenizer, max_length) for p in ps] for split, ps in pairs.items()}
+    return pairs
+
+
+def fit(pair: Pair, tokenizer, max_length: int, margin: int = 8) -> Pair:
+    """Cut a pair so prompt + the longer reply fits ``max_length`` tokens, the same way for training and for
+    the measurements: a prompt longer than half the budget keeps its last half-budget tokens (the end of the
+    conversation, next to the reply); then each reply keeps its first tokens that fit. ``margin`` tokens are
+    left for re-tokenisation at the cut points."""
+    budget = max_length - margin
+    prompt_ids = encode(tokenizer, pair.prompt)
+    prompt = pair.prompt
+    if len(prompt_ids) > budget // 2 and len(prompt_ids) + max(len(encode(tokenizer, pair.chosen)),
+                                                               len(encode(tokenizer, pair.rejected))) > budget:
+        prompt_ids = prompt_ids[-(budget // 2):]
+        prompt = tokenizer.decode(prompt_ids)
+    room = budget - len(prompt_ids)
+
+    def cut(reply: str) -> str:
+        ids = encode(tokenizer, reply)
+        return reply if len(ids) <= room else tokenizer.decode(ids[:room])
+
+    chosen, rejected = cut(pair.chosen), cut(pair.rejected)
+    if chosen == rejected:  # the replies differed only after the cut: keep their different ends instead
+        chosen, rejected = pair.chosen, pair.rejected
+    return Pair(prompt, chosen, rejected)
+
+
+def _load_pairs(source: str, tokenizer, context_tokens: int) -> dict[str, list[Pair]]:
     name, _, arg = source.partition(":")
     if name == "general":
         pairs = _general(tokenizer)

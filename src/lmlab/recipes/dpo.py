@@ -52,7 +52,7 @@ def run(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     policy, tokenizer = registry.load(cfg["model"]["name"])
     reference, _ = registry.load(cfg["model"]["name"])
     reference.eval()
-    pairs = preferences.load_pairs(pair_cfg["source"], tokenizer, pair_cfg["context_tokens"])
+    pairs = preferences.load_pairs(pair_cfg["source"], tokenizer, pair_cfg["context_tokens"], dpo_cfg["max_length"])
     train_pairs = pairs["train"][: pair_cfg["train_pairs"] or None]
     eval_pairs = pairs["eval"][: pair_cfg["eval_pairs"] or None]
     print(f"[dpo] {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs ({pair_cfg['source']})", flush=True)
