@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from lmlab.errors import LmlabError
 from lmlab.hf.domain_data import Document, load_domain, limit, pack, pubmedqa_records, separator_id, start_ids

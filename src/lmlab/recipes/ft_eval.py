@@ -19,6 +19,7 @@ import torch
 from lmlab import rundir
 from lmlab.config import recipe_config
 from lmlab.data.eval_texts import load_eval_text
+from lmlab.errors import LmlabError
 from lmlab.hf import evaluation, registry
 from lmlab.hf.domain_data import load_domain, pubmedqa_records
 from lmlab.report.tables import finetune_table
@@ -82,8 +83,6 @@ def run(models: list[str], preset: str, overrides: list[str] = (), out: Path | N
     cfg = configure(preset, overrides)
     names = names or [_slug(m) for m in models]
     if len(names) != len(models):
-        from lmlab.errors import LmlabError
-
         raise LmlabError(f"--name was given {len(names)} times for {len(models)} models: give one per model")
     results = []
     for model, name in zip(models, names):
