@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmlab.config import PRESETS, apply_overrides, available_models, load_preset
+from lmlab.config import PRESETS, apply_overrides, available_models, load_preset, load_study, recipe_config
 from lmlab.errors import LmlabError
 
 
@@ -11,6 +11,20 @@ def test_every_model_has_every_preset_with_the_same_keys():
     for model in available_models():
         shapes = [{s: sorted(t) for s, t in load_preset(model, p).items()} for p in PRESETS]
         assert shapes[0] == shapes[1] == shapes[2], model
+
+
+@pytest.mark.parametrize("recipe", ["finetune", "ft_eval", "dpo"])
+def test_every_recipe_has_every_preset_with_the_same_keys(recipe):
+    shapes = [{s: sorted(t) for s, t in recipe_config(recipe, p).items() if s != "preset"} for p in PRESETS]
+    assert shapes[0] == shapes[1] == shapes[2]
+
+
+def test_every_study_preset_has_the_same_sections():
+    shapes = [{s: sorted(t) for s, t in load_study(p).items()} for p in PRESETS]
+    assert shapes[0] == shapes[1] == shapes[2]
+    for p in PRESETS:  # the size experiment's overrides are valid finetune keys
+        study = load_study(p)
+        recipe_config("finetune", p, overrides=[*study["finetune"]["sizes"]["overrides"], "data.train_docs=5"])
 
 
 def test_overrides_parse_values_as_toml():
