@@ -13,7 +13,7 @@ ifeq ($(origin LMLAB_DATA_DIR), undefined)
   endif
 endif
 
-.PHONY: run test bench install clean
+.PHONY: run test bench results install clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,12 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/train_throughput.py
+
+# Copy a finished study's results (JSON, curves, tables, report; never weights) into docs/results/.
+results:
+	cd $(OUT) && find . \( -name model -o -name adapter -o -name trainer -o -name '*.partial' \) -prune -o -type f \
+	  \( -name '*.json' -o -name '*.jsonl' -o -name '*.png' -o -name '*.md' -o -name '*.html' \) -print | \
+	  while read f; do mkdir -p "$(CURDIR)/docs/results/$$(dirname "$$f")" && cp "$$f" "$(CURDIR)/docs/results/$$f"; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache
