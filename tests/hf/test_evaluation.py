@@ -89,3 +89,21 @@ def test_cloze_rule_blanks_a_domain_term_with_frequency_neighbours():
     assert "nephrectomy" not in item.candidates  # a candidate never occurs in the sentence itself
     assert item.candidates == ["dialysis", "fibrosis", "followed"]  # same ending first, then nearest in frequency
     assert item.context.endswith("In the clinic, ") and item.rest.startswith(" was started")
+
+
+def test_ft_eval_json_on_stdout_and_a_table_for_two_models(domain_data, tiny_gpt2, tmp_path, capsys):
+    import json
+
+    from lmlab.cli import main
+
+    assert main(["ft-eval", str(tiny_gpt2), "--preset", "smoke", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)  # nothing but the JSON on stdout
+    for key in ("domain_ppl", "general_ppl", "word_ppl", "byte_ppl", "pubmedqa_acc", "cloze_acc"):
+        assert key in result
+    assert set(result["general_ppl"]) == {"wikitext2", "shakespeare"} and result["cloze"]["items"] == 5
+    assert main(["ft-eval", str(tiny_gpt2), str(tiny_gpt2), "--preset", "smoke", "--out", str(tmp_path),
+                 "--name", "before", "--name", "after"]) == 0
+    table = capsys.readouterr().out
+    before = json.loads((tmp_path / "before.json").read_text())
+    assert f"| domain token ppl | {before['domain_ppl']:.3f} | {before['domain_ppl']:.3f} |" in table
+    assert (tmp_path / "comparison.md").read_text().strip() == table.strip()

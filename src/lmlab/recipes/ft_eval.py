@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,11 @@ def configure(preset: str, overrides: list[str] = ()) -> dict[str, Any]:
     return recipe_config("ft_eval", preset, overrides=overrides)
 
 
-def evaluate_model(name: str, cfg: dict[str, Any], log=print) -> dict[str, Any]:
+def _status(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)  # progress on stderr: stdout carries the table or the JSON
+
+
+def evaluate_model(name: str, cfg: dict[str, Any], log=_status) -> dict[str, Any]:
     started = time.perf_counter()
     model, tokenizer = registry.load(name)
     model.eval()
@@ -86,7 +91,7 @@ def run(models: list[str], preset: str, overrides: list[str] = (), out: Path | N
         raise LmlabError(f"--name was given {len(names)} times for {len(models)} models: give one per model")
     results = []
     for model, name in zip(models, names):
-        print(f"[ft-eval] {model}", flush=True)
+        _status(f"[ft-eval] {model}")
         result = evaluate_model(model, cfg)
         results.append(result)
         if out:
