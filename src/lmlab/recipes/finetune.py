@@ -96,9 +96,10 @@ def run(cfg: dict[str, Any], out: Path, resume: bool = False) -> dict[str, Any]:
         rundir.write_json(out / rundir.CONFIG, cfg)
 
     def evaluate(step: int) -> dict[str, float]:
-        row = {"kind": "eval", "step": step, "valid_loss": _mean_loss(model, valid_chunks, accelerator)}
+        plain = accelerator.unwrap_model(model)  # not through DDP: no collective calls while only some ranks score
+        row = {"kind": "eval", "step": step, "valid_loss": _mean_loss(plain, valid_chunks, accelerator)}
         if general_chunks is not None:
-            row["general_loss"] = _mean_loss(model, general_chunks, accelerator)
+            row["general_loss"] = _mean_loss(plain, general_chunks, accelerator)
         for key in ("valid", "general"):
             if f"{key}_loss" in row:
                 row[f"{key}_ppl"] = math.exp(row[f"{key}_loss"])
