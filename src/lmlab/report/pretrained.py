@@ -137,18 +137,24 @@ def analysis_lines(study: Path) -> list[str]:
                          f"({_pct(b['domain_ppl'], a['domain_ppl'])}); general: {forgetting}; PubMedQA "
                          f"{b['pubmedqa_acc']:.3f} → {a['pubmedqa_acc']:.3f}; fill-in-the-blank {b['cloze_acc']:.3f} → {a['cloze_acc']:.3f}.")
     if r["sizes"]:
-        gains = {}
-        for name, (f, rows) in r["sizes"].items():
-            evals = [x for x in rows if x["kind"] == "eval"]
-            gains[f["train_docs"]] = (f["best_valid_ppl"] / f["initial_valid_ppl"] - 1,
-                                      evals[-1].get("general_ppl", math.nan) / (f.get("initial_general_ppl") or math.nan) - 1,
-                                      f["epochs"])
-        best = min(gains, key=lambda k: gains[k][0])
-        most_forget = max(gains, key=lambda k: gains[k][1])
-        lines.append(f"- Data size: with the same step budget, {best} training documents gave the largest domain gain "
-                     f"({gains[best][0]:+.1%} validation perplexity, {gains[best][2]:.2f} epochs); {most_forget} documents "
-                     f"moved general perplexity most ({gains[most_forget][1]:+.1%} by the last step, "
-                     f"{gains[most_forget][2]:.2f} epochs).")
+        changes = []
+        for f, rows in r["sizes"].values():
+            last = [x for x in rows if x["kind"] == "eval"][-1]
+            general = last.get("general_ppl")
+            changes.append((f["train_docs"], f["epochs"], f["best_valid_ppl"] / f["initial_valid_ppl"] - 1,
+                            general / f["initial_general_ppl"] - 1 if general and f.get("initial_general_ppl") else None))
+        listed = "; ".join(f"{docs} docs ({epochs:.2f} epochs): domain {gain:+.1%}, general {_signed(general)}"
+                           for docs, epochs, gain, general in changes)
+        best = min(changes, key=lambda c: c[2])
+        lines.append(f"- Data size, same step budget — {listed}. The largest domain gain came from {best[0]} documents.")
+        moved = [c for c in changes if c[3] is not None]
+        if moved and all(c[3] < 0 for c in moved):
+            lines.append("- No forgetting was measured within this budget: the general text's perplexity fell for "
+                         "every size.")
+        elif moved:
+            worst = max(moved, key=lambda c: c[3])
+            lines.append(f"- Most forgetting: {worst[0]} documents ({worst[1]:.2f} epochs), general perplexity "
+                         f"{worst[3]:+.1%}.")
     for source, (b, a) in dpo_results(study).items():
         general = next(iter(b["general_ppl"]))
         lines.append(f"- DPO on `{source}` pairs: held-out preference accuracy {b['preference_acc']:.3f} → "
@@ -157,6 +163,10 @@ def analysis_lines(study: Path) -> list[str]:
                      f"nats/token; PubMedQA {b['pubmedqa_acc']:.3f} → {a['pubmedqa_acc']:.3f}; {general} perplexity "
                      f"{b['general_ppl'][general]:.2f} → {a['general_ppl'][general]:.2f} ({_pct(b['general_ppl'][general], a['general_ppl'][general])}).")
     return lines
+
+
+def _signed(x) -> str:
+    return "–" if x is None else f"{x:+.1%}"
 
 
 def _fmt(x) -> str:
