@@ -3,7 +3,8 @@ in one run. Prints tokens/s, MFU and the per-step loss of both, and the ratio (t
 
 Both sides: AdamW (betas 0.9/0.95, no weight decay), cosine decay to 10% without warm-up, clipping at 1.0,
 fp32; the Trainer gets exactly the chunks our loop draws, in the same order (sequential sampler). Time is the
-sum of optimizer-step times on each side (model loading, evaluation and saving excluded from both).
+sum of optimizer-step times on each side, first step excluded as warm-up (model loading, evaluation and
+saving excluded from both).
 MFU = model FLOP/s / the fp32 GEMM peak measured in this run; a training token costs 6 x (matmul parameters)
 + 12 x layers x seq_len x hidden for attention (4 x ... with LoRA: frozen weights get no weight gradients).
 
@@ -37,9 +38,11 @@ def ours(args, out: Path) -> tuple[float, list[float]]:
                  f"train.eval_every={args.steps}", "data.valid_chunks=1", "train.general_corpus=",
                  f"data.seq_len={args.seq_len}", f"data.train_docs={args.docs}", "optim.warmup_steps=0"]
     cfg = finetune.configure(args.model, "pubmed", "cpu", overrides, lora=args.lora)
-    final = finetune.run(cfg, out)
-    losses = [r["train_loss"] for r in rundir.read_jsonl(out / rundir.METRICS) if r["kind"] == "train"]
-    return final["train_tokens_per_s"], losses, cfg
+    finetune.run(cfg, out)
+    steps = [r for r in rundir.read_jsonl(out / rundir.METRICS) if r["kind"] == "train"]
+    tokens = args.batch * args.seq_len
+    seconds = sum(tokens / r["tokens_per_s"] for r in steps[1:])
+    return tokens * (len(steps) - 1) / seconds, [r["train_loss"] for r in steps], cfg
 
 
 def trainer(args, cfg, out: Path) -> tuple[float, list[float]]:
@@ -59,13 +62,13 @@ def trainer(args, cfg, out: Path) -> tuple[float, list[float]]:
             return SequentialSampler(self.train_dataset)
 
     class StepTimer(TrainerCallback):
-        seconds = 0.0
+        seconds: list[float] = []
 
         def on_step_begin(self, *a, **k):
             self.started = time.perf_counter()
 
         def on_step_end(self, *a, **k):
-            StepTimer.seconds += time.perf_counter() - self.started
+            StepTimer.seconds.append(time.perf_counter() - self.started)
 
     lr = cfg["lora"]["lr"] if args.lora else cfg["optim"]["lr"]
     targs = TrainingArguments(
@@ -76,13 +79,13 @@ def trainer(args, cfg, out: Path) -> tuple[float, list[float]]:
     hf = InOrder(model=model, args=targs, train_dataset=dataset, callbacks=[StepTimer()])
     hf.train()
     losses = [r["loss"] for r in hf.state.log_history if "loss" in r]
-    return args.steps * args.batch * args.seq_len / StepTimer.seconds, losses, model
+    return (args.steps - 1) * args.batch * args.seq_len / sum(StepTimer.seconds[1:]), losses, model
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--docs", type=int, default=200, help="training documents to pack")

@@ -82,7 +82,8 @@ def run(cfg: dict[str, Any], out: Path, resume: bool = False) -> dict[str, Any]:
 
     # --- optimiser and schedule -----------------------------------------------------------------------------
     lr = lora_cfg["lr"] if lora_cfg["enabled"] else optim_cfg["lr"]
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=optim_cfg["weight_decay"], betas=(0.9, 0.95))
+    # fused: one kernel for all tensors (CPU and CUDA), as transformers.Trainer uses by default
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=optim_cfg["weight_decay"], betas=(0.9, 0.95), fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _warmup_cosine(train_cfg["steps"], optim_cfg["warmup_steps"], optim_cfg["min_lr_ratio"]))
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -123,15 +124,16 @@ def run(cfg: dict[str, Any], out: Path, resume: bool = False) -> dict[str, Any]:
         started = time.perf_counter()
         rows = _batch_rows(step, train_cfg["batch_size"] * world, len(train_chunks), data_cfg["seed"])
         rows = rows[accelerator.process_index::world]  # each process takes its share of the global batch
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=accelerator.device)
         for k in range(train_cfg["grad_accum"]):
             x = train_chunks[rows[k * micro:(k + 1) * micro]].to(accelerator.device)
             with accelerator.autocast():
                 loss = model(input_ids=x, labels=x).loss / train_cfg["grad_accum"]
             accelerator.backward(loss)
-            loss_sum += loss.item()
+            loss_sum += loss.detach()
         if world > 1:  # log the loss of the global batch, not of process 0's share
-            loss_sum = accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "mean").item()
+            loss_sum = accelerator.reduce(loss_sum, "mean")
+        loss_sum = loss_sum.item()  # one device sync per step, not per micro-batch
         grad_norm = accelerator.clip_grad_norm_(trainable, optim_cfg["grad_clip"])
         optimizer.step()
         schedule.step()
