@@ -98,13 +98,18 @@ def canonical_json(config: dict[str, Any]) -> str:
 RUNTIME_KEYS = {("train", "epochs"), ("train", "threads"), ("train", "device"), ("train", "patience")}
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
-    """Dotted paths (as tuples) whose values differ between two configs."""
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: tuple[str, ...] = (),
+                       shared_only: bool = False) -> set[tuple[str, ...]]:
+    """Dotted paths (as tuples) whose values differ between two configs. With ``shared_only``, keys that one
+    side lacks are not differences: a run recorded before a preset gained a key ran with that key's old
+    behaviour, which new keys default to."""
     keys = set()
     for k in set(old) | set(new):
+        if shared_only and (k not in old or k not in new):
+            continue
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
-            keys |= config_differences(a, b, prefix + (k,))
+            keys |= config_differences(a, b, prefix + (k,), shared_only)
         elif a != b:
             keys.add(prefix + (k,))
     return keys

@@ -85,7 +85,7 @@ def train_all(preset: str, out: Path) -> dict[str, dict]:
         expected = dict(load_preset(model, preset), preset=preset)
         if final_path.is_file():
             final = rundir.read_json(final_path)
-            if config_differences(final["config"], expected) - RUNTIME_KEYS:
+            if config_differences(final["config"], expected, shared_only=True) - RUNTIME_KEYS:
                 raise LmlabError(f"{run_dir} holds a {model} run with another config: remove it or use another --out")
             print(f"[train {model}] done already: {final_path}")
         else:

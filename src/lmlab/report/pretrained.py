@@ -135,7 +135,9 @@ def analysis_lines(study: Path) -> list[str]:
                                    for c in b["general_ppl"])
             lines.append(f"- {mode} fine-tuning: domain token perplexity {b['domain_ppl']:.2f} → {a['domain_ppl']:.2f} "
                          f"({_pct(b['domain_ppl'], a['domain_ppl'])}); general: {forgetting}; PubMedQA "
-                         f"{b['pubmedqa_acc']:.3f} → {a['pubmedqa_acc']:.3f}; fill-in-the-blank {b['cloze_acc']:.3f} → {a['cloze_acc']:.3f}.")
+                         f"{b['pubmedqa_acc']:.3f} → {a['pubmedqa_acc']:.3f} (answers {_answers(b)} → {_answers(a)}; "
+                         f"majority baseline {b['pubmedqa']['majority_baseline']:.3f}); fill-in-the-blank "
+                         f"{b['cloze_acc']:.3f} → {a['cloze_acc']:.3f}.")
     if r["sizes"]:
         changes = []
         for f, rows in r["sizes"].values():
@@ -149,20 +151,36 @@ def analysis_lines(study: Path) -> list[str]:
         lines.append(f"- Data size, same step budget — {listed}. The largest domain gain came from {best[0]} documents.")
         moved = [c for c in changes if c[3] is not None]
         if moved and all(c[3] < 0 for c in moved):
-            lines.append("- No forgetting was measured within this budget: the general text's perplexity fell for "
-                         "every size.")
+            lines.append("- Against the start, no forgetting: the general text's perplexity ended lower for every size.")
         elif moved:
             worst = max(moved, key=lambda c: c[3])
             lines.append(f"- Most forgetting: {worst[0]} documents ({worst[1]:.2f} epochs), general perplexity "
                          f"{worst[3]:+.1%}.")
+        for f, rows in r["sizes"].values():  # a rise from the best point: the onset of overfitting/forgetting
+            evals = [x for x in rows if x["kind"] == "eval" and "general_ppl" in x]
+            if evals:
+                low, last = min(evals, key=lambda x: x["general_ppl"]), evals[-1]
+                if last["general_ppl"] > 1.01 * low["general_ppl"]:
+                    lines.append(f"- {f['train_docs']} documents: general perplexity rose from its lowest "
+                                 f"{low['general_ppl']:.2f} (step {low['step']}) to {last['general_ppl']:.2f} "
+                                 f"(step {last['step']}, {f['epochs']:.2f} epochs) while domain validation "
+                                 f"perplexity rose from its best {f['best_valid_ppl']:.2f} (step {f['best_step']}) "
+                                 f"to {last['valid_ppl']:.2f}: both turn at once, the onset of overfitting.")
     for source, (b, a) in dpo_results(study).items():
         general = next(iter(b["general_ppl"]))
         lines.append(f"- DPO on `{source}` pairs: held-out preference accuracy {b['preference_acc']:.3f} → "
                      f"{a['preference_acc']:.3f}, log-likelihood margin {b['logp_margin']:.2f} → {a['logp_margin']:.2f}, "
                      f"implicit-reward accuracy {a['reward_acc']:.3f}, KL from the reference {a['kl_from_reference']:.4f} "
-                     f"nats/token; PubMedQA {b['pubmedqa_acc']:.3f} → {a['pubmedqa_acc']:.3f}; {general} perplexity "
+                     f"nats/token; PubMedQA {b['pubmedqa_acc']:.3f} → {a['pubmedqa_acc']:.3f} (answers {_answers(b)} → "
+                     f"{_answers(a)}); {general} perplexity "
                      f"{b['general_ppl'][general]:.2f} → {a['general_ppl'][general]:.2f} ({_pct(b['general_ppl'][general], a['general_ppl'][general])}).")
     return lines
+
+
+def _answers(result: dict) -> str:
+    """The PubMedQA verdicts a model gave, e.g. "no 197, yes 3": a constant answer is a prior, not reading."""
+    counts = result["pubmedqa"]["predicted"]
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _signed(x) -> str:
