@@ -37,7 +37,7 @@ bench: $(VENV)/.installed
 # Copy a finished study's results (JSON, curves, tables, report; never weights) into docs/results/.
 results:
 	cd $(OUT) && find . \( -name model -o -name adapter -o -name trainer -o -name '*.partial' \) -prune -o -type f \
-	  \( -name '*.json' -o -name '*.jsonl' -o -name '*.png' -o -name '*.md' -o -name '*.html' \) -print | \
+	  \( -name '*.json' -o -name '*.jsonl' -o -name '*.png' -o -name '*.md' -o -name '*.html' \) ! -name '*step.json' -print | \
 	  while read f; do mkdir -p "$(CURDIR)/docs/results/$$(dirname "$$f")" && cp "$$f" "$(CURDIR)/docs/results/$$f"; done
 
 clean:
