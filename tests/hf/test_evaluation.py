@@ -107,3 +107,19 @@ def test_ft_eval_json_on_stdout_and_a_table_for_two_models(domain_data, tiny_gpt
     before = json.loads((tmp_path / "before.json").read_text())
     assert f"| domain token ppl | {before['domain_ppl']:.3f} | {before['domain_ppl']:.3f} |" in table
     assert (tmp_path / "comparison.md").read_text().strip() == table.strip()
+
+
+def test_pubmedqa_calibration_removes_a_constant_bias(model, monkeypatch):
+    tok = gpt2_tokenizer()
+    records = [QARecord(str(i), f"Question {i}?", "Context.", "", gold) for i, gold in enumerate(["yes", "no", "maybe"])]
+    # a model that always prefers "no" by 5 nats, plus a small per-question signal towards the right answer
+    signal = {"yes": [1.0, 0, 0], "no": [0, 1.0, 0], "maybe": [0, 0, 1.0]}
+
+    def scores(model, tokenizer, record, max_tokens):
+        bias = [0.0, 5.0, 0.0]
+        return bias if record is evaluation.CONTENT_FREE else [b + s for b, s in zip(bias, signal[record.decision])]
+
+    monkeypatch.setattr(evaluation, "answer_scores", scores)
+    result = evaluation.pubmedqa_accuracy(model, tok, records, max_tokens=64)
+    assert result["predicted"] == {"no": 3} and result["accuracy"] == pytest.approx(1 / 3)
+    assert result["calibrated_accuracy"] == 1.0 and result["calibrated_predicted"] == {"yes": 1, "no": 1, "maybe": 1}

@@ -9,7 +9,8 @@ different tokenizers) go through exactly the same code.
   perplexity divides the total NLL by the number of scored tokens; word-level by the whitespace-separated
   words of the original text; byte-level by its UTF-8 bytes. The last two are tokenizer-independent.
 - PubMedQA: zero-shot; the prompt is the abstract, the question and a fixed instruction; the prediction is
-  the answer among " yes", " no", " maybe" with the highest total log-likelihood.
+  the answer among " yes", " no", " maybe" with the highest total log-likelihood, reported raw and after
+  contextual calibration (minus the scores for a content-free question).
 - Cloze: a biomedical term is blanked in a held-out abstract (rule in :func:`domain_terms` and
   :func:`cloze_items`); candidates are ranked by the log-likelihood of the rest of the sentence with each.
 """
@@ -107,26 +108,41 @@ def continuation_logprobs(model, prompt: list[int], continuations: list[list[int
 
 
 @torch.no_grad()
-def pubmedqa_accuracy(model, tokenizer, records: list[QARecord], max_tokens: int) -> dict:
+def answer_scores(model, tokenizer, record: QARecord, max_tokens: int) -> list[float]:
+    """log P(" yes" | prompt), log P(" no" | prompt), log P(" maybe" | prompt)."""
     answers = [encode(tokenizer, f" {a}") for a in ANSWERS]
-    single = all(len(a) == 1 for a in answers)
-    predictions = []
+    prompt = pubmedqa_prompt_ids(tokenizer, record, max_tokens)
+    if all(len(a) == 1 for a in answers):  # one forward pass serves all three answers
+        x = torch.tensor(prompt, device=_device(model))[None]
+        logp = model(input_ids=x).logits[0, -1].float().log_softmax(-1)
+        return [logp[a[0]].item() for a in answers]
+    return continuation_logprobs(model, prompt, answers)
+
+
+# A question with no content: its answer scores are the model's prior over the verdicts in this prompt.
+CONTENT_FREE = QARecord("content-free", "N/A", "N/A", "", "")
+
+
+@torch.no_grad()
+def pubmedqa_accuracy(model, tokenizer, records: list[QARecord], max_tokens: int) -> dict:
+    """Accuracy of the highest-scoring verdict, and the same after contextual calibration (Zhao et al., 2021):
+    each verdict's score minus its score for a content-free question, which removes the model's fixed bias
+    towards one answer, so the calibrated number says how much the abstract and question move the verdict."""
+    prior = answer_scores(model, tokenizer, CONTENT_FREE, max_tokens)
+    predictions, calibrated = [], []
     for r in records:
-        prompt = pubmedqa_prompt_ids(tokenizer, r, max_tokens)
-        if single:  # one forward pass serves all three answers
-            x = torch.tensor(prompt, device=_device(model))[None]
-            logp = model(input_ids=x).logits[0, -1].float().log_softmax(-1)
-            scores = [logp[a[0]].item() for a in answers]
-        else:
-            scores = continuation_logprobs(model, prompt, answers)
+        scores = answer_scores(model, tokenizer, r, max_tokens)
         predictions.append(ANSWERS[max(range(3), key=scores.__getitem__)])
+        calibrated.append(ANSWERS[max(range(3), key=lambda i: scores[i] - prior[i])])
     gold = [r.decision for r in records]
     majority, majority_n = Counter(gold).most_common(1)[0]
     return {
         "accuracy": sum(p == g for p, g in zip(predictions, gold)) / len(records),
+        "calibrated_accuracy": sum(p == g for p, g in zip(calibrated, gold)) / len(records),
         "questions": len(records), "majority_class": majority, "majority_baseline": majority_n / len(records),
-        "predicted": dict(Counter(predictions)), "confusion": {g: dict(Counter(p for p, gg in zip(predictions, gold) if gg == g))
-                                                               for g in ANSWERS},
+        "predicted": dict(Counter(predictions)), "calibrated_predicted": dict(Counter(calibrated)),
+        "content_free_scores": dict(zip(ANSWERS, prior)),
+        "confusion": {g: dict(Counter(p for p, gg in zip(predictions, gold) if gg == g)) for g in ANSWERS},
     }
 
 

@@ -55,7 +55,8 @@ def evaluate_model(name: str, cfg: dict[str, Any], log=_status) -> dict[str, Any
             f"byte ppl {scores[corpus]['byte_ppl']:.4f}")
     records = pubmedqa_records()["test"][: q["questions"]]
     qa = evaluation.pubmedqa_accuracy(model, tokenizer, records, q["max_prompt_tokens"])
-    log(f"  PubMedQA: {qa['accuracy']:.3f} on {qa['questions']} test questions (majority {qa['majority_baseline']:.3f})")
+    log(f"  PubMedQA: {qa['accuracy']:.3f} (calibrated {qa['calibrated_accuracy']:.3f}) on {qa['questions']} test "
+        f"questions (majority {qa['majority_baseline']:.3f})")
     general_text = "\n".join(load_eval_text(spec).text for spec in p["general"])  # whole texts: a stable reference
     term_docs = splits.train[: c["term_docs"]] if c["term_docs"] else splits.train
     terms = evaluation.domain_terms(term_docs, general_text)
@@ -76,7 +77,7 @@ def evaluate_model(name: str, cfg: dict[str, Any], log=_status) -> dict[str, Any
         "byte_ppl": {k: v["byte_ppl"] for k, v in scores.items()},
         "bits_per_byte": {k: v["bits_per_byte"] for k, v in scores.items()},
         "perplexity": scores,
-        "pubmedqa_acc": qa["accuracy"], "pubmedqa": qa,
+        "pubmedqa_acc": qa["accuracy"], "pubmedqa_calibrated_acc": qa["calibrated_accuracy"], "pubmedqa": qa,
         "cloze_acc": cloze["accuracy"], "cloze": cloze,
         "completions": completions,
         "settings": cfg, "seconds": time.perf_counter() - started, "threads": torch.get_num_threads(),

@@ -60,6 +60,7 @@ def finetune_table(results: dict[str, dict]) -> str:
     for corpus in first["byte_ppl"]:
         rows.append((f"{corpus} byte ppl", lambda r, c=corpus: r["byte_ppl"][c], "{:.4f}"))
     rows += [("PubMedQA accuracy", lambda r: r["pubmedqa_acc"], "{:.3f}"),
+             ("PubMedQA accuracy, calibrated", lambda r: r.get("pubmedqa_calibrated_acc", float("nan")), "{:.3f}"),
              ("PubMedQA majority baseline", lambda r: r["pubmedqa"]["majority_baseline"], "{:.3f}"),
              ("fill-in-the-blank accuracy", lambda r: r["cloze_acc"], "{:.3f}")]
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
