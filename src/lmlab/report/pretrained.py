@@ -136,7 +136,7 @@ def analysis_lines(study: Path) -> list[str]:
             lines.append(f"- {mode} fine-tuning: domain token perplexity {b['domain_ppl']:.2f} → {a['domain_ppl']:.2f} "
                          f"({_pct(b['domain_ppl'], a['domain_ppl'])}); general: {forgetting}; PubMedQA "
                          f"{b['pubmedqa_acc']:.3f} → {a['pubmedqa_acc']:.3f} (answers {_answers(b)} → {_answers(a)}; "
-                         f"majority baseline {b['pubmedqa']['majority_baseline']:.3f}); fill-in-the-blank "
+                         f"majority baseline {b['pubmedqa']['majority_baseline']:.3f}){_calibrated(b, a)}; fill-in-the-blank "
                          f"{b['cloze_acc']:.3f} → {a['cloze_acc']:.3f}.")
     if r["sizes"]:
         changes = []
@@ -181,6 +181,12 @@ def _answers(result: dict) -> str:
     """The PubMedQA verdicts a model gave, e.g. "no 197, yes 3": a constant answer is a prior, not reading."""
     counts = result["pubmedqa"]["predicted"]
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _calibrated(before: dict, after: dict) -> str:
+    if "pubmedqa_calibrated_acc" not in before or "pubmedqa_calibrated_acc" not in after:
+        return ""
+    return f", calibrated {before['pubmedqa_calibrated_acc']:.3f} → {after['pubmedqa_calibrated_acc']:.3f}"
 
 
 def _signed(x) -> str:
