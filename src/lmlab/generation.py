@@ -73,8 +73,12 @@ def generate(model, family: str, prompt_ids: list[int], s: SamplingSettings, see
     device = next(model.parameters()).device
     tokens = list(prompt_ids)
     out: list[int] = []
-    steppers = {"recurrent": _recurrent_stepper, "transformer": _transformer_stepper, "pretrained": _pretrained_stepper}
-    step = steppers[family](model, device, use_cache) if family == "transformer" else steppers[family](model, device)
+    if family == "recurrent":
+        step = _recurrent_stepper(model, device)
+    elif family == "transformer":
+        step = _transformer_stepper(model, device, use_cache)
+    else:  # "pretrained": a Hugging Face causal LM
+        step = _pretrained_stepper(model, device)
     logits = step(tokens, new=len(tokens))
     for _ in range(s.max_tokens):
         token = next_token(logits, tokens, s, generator)

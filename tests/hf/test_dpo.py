@@ -50,7 +50,9 @@ def test_preference_accuracy_and_implicit_reward_by_hand():
     # rewards: 0.5*((−10+11) − (−12+11)) = 1.0 ; 0.5*((−9+9.5) − (−6+5)) = 0.75
     assert m["reward_acc"] == 1.0 and m["reward_margin"] == pytest.approx((1.0 + 0.75) / 2)
     same = preferences.preference_metrics(policy, policy, beta=0.5)
-    assert same["reward_margin"] == 0.0 and same["reward_acc"] == 0.0
+    assert same["reward_margin"] == 0.0 and same["reward_acc"] == 0.0 and same["kl_from_reference"] == 0.0
+    with_kl = [dict(policy[0], chosen_kl=2.6), dict(policy[1], chosen_kl=0.3)]
+    assert preferences.preference_metrics(with_kl, reference, 0.5)["kl_from_reference"] == pytest.approx(2.9 / 13)
 
 
 def _dpo_loss(model, tok, pairs, ref, beta):
@@ -75,6 +77,11 @@ def test_one_trl_dpo_step_lowers_the_loss_on_its_batch(tiny_llama, tmp_path):
     trainer.train()
     after = _dpo_loss(trainer.model.eval(), tok, pairs, reference, cfg["dpo"]["beta"])
     assert after < before - 1e-3
+    start = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    rows = preferences.reply_logps(trainer.model, tok, pairs, max_length=128, reference=start)
+    assert all(r["chosen_kl"] > 0 for r in rows)  # the step moved the policy away from the reference
+    assert all(r["chosen_kl"] == pytest.approx(0, abs=1e-6)
+               for r in preferences.reply_logps(start, tok, pairs, max_length=128, reference=start))
 
 
 def test_malformed_pair_files_are_one_line_errors(tmp_path):

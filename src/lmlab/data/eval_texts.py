@@ -55,3 +55,10 @@ def load_eval_text(spec: str) -> EvalText:
         return EvalText(spec, "raw", "\n\n".join(paragraphs))
     known = "ptb:SPLIT, wikitext2:SPLIT, wikitext2-raw, shakespeare, pubmed[:N|all], pubmedqa, file:PATH, tokens:PATH"
     raise LmlabError(f"unknown corpus '{spec}': use one of {known}")
+
+
+def head(text: str, chars: int) -> str:
+    """The first ``chars`` characters of ``text``, cut back to the last line end within them (0 = all)."""
+    if not chars:
+        return text
+    return text[: text.rfind("\n", 0, chars) + 1] or text[:chars]

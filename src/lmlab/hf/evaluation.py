@@ -223,8 +223,9 @@ def cloze_accuracy(model, tokenizer, items: list[ClozeItem], context_tokens: int
 # --- completions ---------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def complete(model, tokenizer, prompt: str, max_new_tokens: int, repetition_penalty: float) -> str:
-    ids = torch.tensor([start_ids(tokenizer) + encode(tokenizer, prompt)], device=_device(model))
+def complete(model, tokenizer, prompt: str, max_new_tokens: int, repetition_penalty: float, start: bool = True) -> str:
+    """Greedy continuation of ``prompt`` (after the start-of-document token unless ``start`` is False)."""
+    ids = torch.tensor([(start_ids(tokenizer) if start else []) + encode(tokenizer, prompt)], device=_device(model))
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          do_sample=False, repetition_penalty=repetition_penalty,
                          pad_token_id=tokenizer.pad_token_id)

@@ -155,8 +155,11 @@ def _split_ids(tokenizer, prompt: str, reply: str, max_length: int) -> tuple[lis
 
 
 @torch.no_grad()
-def reply_logps(model, tokenizer, pairs: list[Pair], max_length: int) -> list[dict]:
-    """Summed log-probabilities of the chosen and rejected reply of every pair, and their token counts."""
+def reply_logps(model, tokenizer, pairs: list[Pair], max_length: int, reference=None) -> list[dict]:
+    """Summed log-probabilities of the chosen and rejected reply of every pair, and their token counts.
+    With ``reference``, each row also holds ``chosen_kl``: KL(model || reference) of the next-token
+    distributions summed over the chosen reply (teacher-forced, so both models see the same contexts),
+    computed in the same pass so the model is not run twice."""
     device = next(model.parameters()).device
     out = []
     for pair in pairs:
@@ -164,16 +167,22 @@ def reply_logps(model, tokenizer, pairs: list[Pair], max_length: int) -> list[di
         for side in ("chosen", "rejected"):
             prompt_ids, reply_ids = _split_ids(tokenizer, pair.prompt, getattr(pair, side), max_length)
             x = torch.tensor([prompt_ids + reply_ids], device=device)
-            logp = model(input_ids=x).logits[0, len(prompt_ids) - 1:-1].float().log_softmax(-1)
+            span = slice(len(prompt_ids) - 1, x.shape[1] - 1)
+            logp = model(input_ids=x).logits[0, span].float().log_softmax(-1)
             row[side] = logp.gather(1, x[0, len(prompt_ids):, None]).sum().item()
             row[f"{side}_tokens"] = len(reply_ids)
+            if reference is not None and side == "chosen":
+                ref = reference(input_ids=x).logits[0, span].float().log_softmax(-1)
+                row["chosen_kl"] = (logp.exp() * (logp - ref)).sum().item()
         out.append(row)
     return out
 
 
 def preference_metrics(policy: list[dict], reference: list[dict], beta: float) -> dict:
     """Preference accuracy (summed and per-token log-likelihood), mean log-likelihood margin, and DPO's implicit
-    reward r = beta * (log pi(y|x) - log pi_ref(y|x)): its accuracy and mean margin (0 when policy = reference)."""
+    reward r = beta * (log pi(y|x) - log pi_ref(y|x)): its accuracy and mean margin (0 when policy = reference);
+    and the mean per-token KL from the reference over the chosen replies (0 for rows scored without one, i.e.
+    the reference itself)."""
     n = len(policy)
     margins = [p["chosen"] - p["rejected"] for p in policy]
     rewards = [beta * ((p["chosen"] - r["chosen"]) - (p["rejected"] - r["rejected"])) for p, r in zip(policy, reference)]
@@ -187,21 +196,5 @@ def preference_metrics(policy: list[dict], reference: list[dict], beta: float) -
         "reward_margin": sum(rewards) / n,
         "logp_chosen": sum(p["chosen"] for p in policy) / n,
         "logp_rejected": sum(p["rejected"] for p in policy) / n,
+        "kl_from_reference": sum(p.get("chosen_kl", 0.0) for p in policy) / max(1, sum(p["chosen_tokens"] for p in policy)),
     }
-
-
-@torch.no_grad()
-def kl_from_reference(policy, reference, tokenizer, pairs: list[Pair], max_length: int) -> float:
-    """Mean per-token KL(pi || pi_ref) of the next-token distributions over held-out prompts and their chosen
-    replies (teacher-forced, so both models see the same contexts)."""
-    device = next(policy.parameters()).device
-    total, count = 0.0, 0
-    for pair in pairs:
-        prompt_ids, reply_ids = _split_ids(tokenizer, pair.prompt, pair.chosen, max_length)
-        x = torch.tensor([prompt_ids + reply_ids], device=device)
-        span = slice(len(prompt_ids) - 1, x.shape[1] - 1)
-        lp = policy(input_ids=x).logits[0, span].float().log_softmax(-1)
-        lq = reference(input_ids=x).logits[0, span].float().log_softmax(-1)
-        total += (lp.exp() * (lp - lq)).sum().item()
-        count += lp.shape[0]
-    return total / max(count, 1)

@@ -140,13 +140,20 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
     model.generation_config = quantized.generation_config
+    save(model, tokenizer, target)
+    return target
+
+
+def save(model, tokenizer, target: Path) -> None:
+    """``save_pretrained`` of model and tokenizer into ``target``, written beside it and renamed into place, so a
+    half-written directory is never mistaken for a finished one."""
+    target = Path(target)
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)  # a half-written conversion is never mistaken for a finished one
-    return target
+    os.replace(tmp, target)
 
 
 def _packaged_gguf(model: PackagedModel) -> Path:

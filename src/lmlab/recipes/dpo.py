@@ -23,7 +23,7 @@ import torch
 
 from lmlab import rundir
 from lmlab.config import recipe_config
-from lmlab.data.eval_texts import load_eval_text
+from lmlab.data.eval_texts import head, load_eval_text
 from lmlab.errors import LmlabError
 from lmlab.hf import evaluation, preferences, registry
 from lmlab.hf.domain_data import pubmedqa_records
@@ -59,7 +59,7 @@ def run(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
 
     # --- before: the starting model is the policy and its own reference ------------------------------------
     reference_logps = preferences.reply_logps(reference, tokenizer, eval_pairs, dpo_cfg["max_length"])
-    before = _measure(cfg, reference, reference, tokenizer, eval_pairs, reference_logps, reference_logps)
+    before = _measure(cfg, reference, tokenizer, eval_pairs, reference_logps, reference_logps)
     rundir.write_json(out / "before.json", before)
     _print("before", before)
 
@@ -75,13 +75,13 @@ def run(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     if lora_cfg["enabled"]:
         trained = trained.merge_and_unload()
     trained.eval()
-    _save(trained, tokenizer, out / MODEL_DIR)
+    registry.save(trained, tokenizer, out / MODEL_DIR)
     del trainer
     shutil.rmtree(out / "trainer", ignore_errors=True)  # TRL's output_dir: nothing is saved there (save_strategy="no")
 
     # --- after ---------------------------------------------------------------------------------------------------
-    policy_logps = preferences.reply_logps(trained, tokenizer, eval_pairs, dpo_cfg["max_length"])
-    after = _measure(cfg, trained, reference, tokenizer, eval_pairs, policy_logps, reference_logps)
+    policy_logps = preferences.reply_logps(trained, tokenizer, eval_pairs, dpo_cfg["max_length"], reference=reference)
+    after = _measure(cfg, trained, tokenizer, eval_pairs, policy_logps, reference_logps)
     after.update(train_seconds=train_seconds, steps=len(log), train_pairs=len(train_pairs),
                  model_dir=str(out / MODEL_DIR))
     rundir.write_json(out / "after.json", after)
@@ -91,32 +91,22 @@ def run(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     return after
 
 
-def _measure(cfg, policy, reference, tokenizer, pairs, policy_logps, reference_logps) -> dict[str, Any]:
+def _measure(cfg, policy, tokenizer, pairs, policy_logps, reference_logps) -> dict[str, Any]:
     e, dpo_cfg = cfg["eval"], cfg["dpo"]
     result = preferences.preference_metrics(policy_logps, reference_logps, dpo_cfg["beta"])
-    result["kl_from_reference"] = (0.0 if policy is reference else
-                                   preferences.kl_from_reference(policy, reference, tokenizer, pairs, dpo_cfg["max_length"]))
     records = pubmedqa_records()["test"][: e["pubmedqa_questions"]]
     qa = evaluation.pubmedqa_accuracy(policy, tokenizer, records, e["pubmedqa_max_prompt_tokens"])
     result.update(pubmedqa_acc=qa["accuracy"], pubmedqa=qa)
-    text = load_eval_text(e["general_corpus"]).text
-    if e["general_chars"]:
-        text = text[: text.rfind("\n", 0, e["general_chars"]) + 1] or text[: e["general_chars"]]
+    text = head(load_eval_text(e["general_corpus"]).text, e["general_chars"])
     score = evaluation.score_texts(policy, tokenizer, [text], e["window"], e["stride"]).as_dict()
     result["general_ppl"] = {e["general_corpus"]: score["token_ppl"]}
     result["general_word_ppl"] = {e["general_corpus"]: score["word_ppl"]}
-    result["generations"] = [{"prompt": p.prompt, "reply": _reply(policy, tokenizer, p.prompt, e["max_new_tokens"])}
+    # the prompts are already in the chat template, so no start-of-document token before them
+    result["generations"] = [{"prompt": p.prompt, "reply": evaluation.complete(policy, tokenizer, p.prompt, e["max_new_tokens"],
+                                                                              1.2, start=False)}
                              for p in pairs[: e["generations"]]]
     result["model"] = cfg["model"]["name"]
     return result
-
-
-@torch.no_grad()
-def _reply(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    ids = torch.tensor([evaluation.encode(tokenizer, prompt)], device=next(model.parameters()).device)
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                         do_sample=False, repetition_penalty=1.2, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
 def _trainer(cfg, policy, tokenizer, pairs, out: Path):
@@ -142,15 +132,6 @@ def _trainer(cfg, policy, tokenizer, pairs, out: Path):
                                  target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM")
     return DPOTrainer(model=policy, args=args, train_dataset=dataset, processing_class=tokenizer,
                       peft_config=peft_config)
-
-
-def _save(model, tokenizer, target: Path) -> None:
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
 
 
 def _print(label: str, m: dict) -> None:

@@ -14,7 +14,6 @@ peft adapter), last.pt (resume), final.json, curves.png.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 from lmlab import rundir, runtime
 from lmlab.config import config_differences, recipe_config
-from lmlab.data.eval_texts import load_eval_text
+from lmlab.data.eval_texts import head, load_eval_text
 from lmlab.errors import LmlabError
 from lmlab.hf import registry
 from lmlab.hf.domain_data import Document, limit, load_domain, pack
@@ -192,11 +191,11 @@ def run(cfg: dict[str, Any], out: Path, resume: bool = False) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
     }
     if main:
-        evals = [r for r in rundir.read_jsonl(out / rundir.METRICS) if r["kind"] == "eval"]
-        best_eval = next((r for r in evals if r["step"] == state["best_step"]), None)
+        rows = rundir.read_jsonl(out / rundir.METRICS)
+        best_eval = next((r for r in rows if r["kind"] == "eval" and r["step"] == state["best_step"]), None)
         final["best_general_ppl"] = best_eval.get("general_ppl") if best_eval else None
         rundir.write_json(out / rundir.FINAL, final)
-        plot_finetune_curves(rundir.read_jsonl(out / rundir.METRICS), out / rundir.CURVES,
+        plot_finetune_curves(rows, out / rundir.CURVES,
                              f"{final['model']} {final['mode']} fine-tune on {data_cfg['dataset']}")
         (out / rundir.LAST).unlink(missing_ok=True)  # the run is finished; the resume state is 1-2 GB
         accelerator.print(f"best valid ppl {final['best_valid_ppl']:.3f} at step {state['best_step']} "
@@ -239,9 +238,8 @@ def _with_lora(model, lora_cfg: dict):
 def _general_chunks(train_cfg: dict, tokenizer, seq_len: int):
     if not train_cfg["general_corpus"]:
         return None
-    text = load_eval_text(train_cfg["general_corpus"]).text
     # enough characters for the chunks asked for (about 4 characters a token), cut at a line boundary
-    text = text[: text.rfind("\n", 0, 6 * seq_len * train_cfg["general_chunks"]) + 1] or text
+    text = head(load_eval_text(train_cfg["general_corpus"]).text, 6 * seq_len * train_cfg["general_chunks"])
     return pack([Document("general", text)], tokenizer, seq_len)[: train_cfg["general_chunks"]]
 
 
@@ -283,13 +281,8 @@ def _mean_loss(model, chunks: torch.Tensor, accelerator, micro: int = 4) -> floa
 def _save_best(accelerator, model, tokenizer, out: Path, lora: bool) -> None:
     if not accelerator.is_main_process:
         return
-    target = out / (ADAPTER_DIR if lora else MODEL_DIR)
-    tmp = out / f"{target.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.unwrap_model(model).save_pretrained(tmp)  # for a peft model: the adapter only
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    # for a peft model, save_pretrained writes the adapter only
+    registry.save(accelerator.unwrap_model(model), tokenizer, out / (ADAPTER_DIR if lora else MODEL_DIR))
 
 
 def _merge_adapter(base_name: str, out: Path) -> None:
@@ -297,13 +290,7 @@ def _merge_adapter(base_name: str, out: Path) -> None:
     from peft import PeftModel
 
     base, tokenizer = registry.load(base_name)
-    merged = PeftModel.from_pretrained(base, out / ADAPTER_DIR).merge_and_unload()
-    tmp = out / f"{MODEL_DIR}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out / MODEL_DIR, ignore_errors=True)
-    tmp.rename(out / MODEL_DIR)
+    registry.save(PeftModel.from_pretrained(base, out / ADAPTER_DIR).merge_and_unload(), tokenizer, out / MODEL_DIR)
 
 
 def _checkpoint(path: Path, model, optimizer, schedule, state: dict) -> None:

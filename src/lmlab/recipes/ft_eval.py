@@ -19,7 +19,7 @@ import torch
 
 from lmlab import rundir
 from lmlab.config import recipe_config
-from lmlab.data.eval_texts import load_eval_text
+from lmlab.data.eval_texts import head, load_eval_text
 from lmlab.errors import LmlabError
 from lmlab.hf import evaluation, registry
 from lmlab.hf.domain_data import load_domain, pubmedqa_records
@@ -43,11 +43,9 @@ def evaluate_model(name: str, cfg: dict[str, Any], log=_status) -> dict[str, Any
     p, q, c = cfg["perplexity"], cfg["pubmedqa"], cfg["cloze"]
     splits = load_domain(p["domain"])
     texts = {p["domain"]: [d.text for d in splits.test[: p["domain_docs"]]]}
-    for spec in p["general"]:
-        text = load_eval_text(spec).text
-        if p["general_chars"]:
-            text = text[: text.rfind("\n", 0, p["general_chars"]) + 1] or text[: p["general_chars"]]
-        texts[GENERAL_NAMES.get(spec, spec)] = [text]
+    general = {spec: load_eval_text(spec).text for spec in p["general"]}  # read once: scored in part, terms from all
+    for spec, text in general.items():
+        texts[GENERAL_NAMES.get(spec, spec)] = [head(text, p["general_chars"])]
     scores = {}
     for corpus, docs in texts.items():
         scores[corpus] = evaluation.score_texts(model, tokenizer, docs, p["window"], p["stride"]).as_dict()
@@ -57,7 +55,7 @@ def evaluate_model(name: str, cfg: dict[str, Any], log=_status) -> dict[str, Any
     qa = evaluation.pubmedqa_accuracy(model, tokenizer, records, q["max_prompt_tokens"])
     log(f"  PubMedQA: {qa['accuracy']:.3f} (calibrated {qa['calibrated_accuracy']:.3f}) on {qa['questions']} test "
         f"questions (majority {qa['majority_baseline']:.3f})")
-    general_text = "\n".join(load_eval_text(spec).text for spec in p["general"])  # whole texts: a stable reference
+    general_text = "\n".join(general.values())  # whole texts: a stable reference
     term_docs = splits.train[: c["term_docs"]] if c["term_docs"] else splits.train
     terms = evaluation.domain_terms(term_docs, general_text)
     items = evaluation.cloze_items(splits.test, terms, c["items"], c["candidates"])

@@ -32,8 +32,9 @@ STAT_KEYS = ("distinct_1", "distinct_2", "distinct_3", "repeated_4gram_rate", "l
 def run(run_dirs: list[Path], prompts: list[str], settings: list[SamplingSettings], seed: int = 0,
         samples: int = 1, judge: Path | None = None, as_json: bool = False, out: Path | None = None) -> dict:
     # Generation always uses the scratch implementation: same weights, and it has the key/value cache.
-    models = [load_trained(d, impl="scratch") for d in run_dirs if not _is_pretrained(d)]
-    pretrained = [_load_pretrained(str(d)) for d in run_dirs if _is_pretrained(d)]
+    pretrained_specs = [d for d in run_dirs if _is_pretrained(d)]
+    models = [load_trained(d, impl="scratch") for d in run_dirs if d not in pretrained_specs]
+    pretrained = [_load_pretrained(str(d)) for d in pretrained_specs]
     judges = _judges(models, load_trained(judge) if judge else None)
     rows = []
     for prompt in prompts:
@@ -43,8 +44,7 @@ def run(run_dirs: list[Path], prompts: list[str], settings: list[SamplingSetting
             prompt_words = prompt_tokens(prompt, model)
             prompt_ids = model.vocab.encode([EOS, *prompt_words]).tolist()
             for s in settings:
-                seeds = [seed] if s.strategy == "greedy" else [seed + k for k in range(samples)]
-                for sd in seeds:
+                for sd in _seeds(s, seed, samples):
                     ids = generate(model.model, model.family, prompt_ids, s, seed=sd)
                     words = model.vocab.decode(ids)
                     row = {"model": model.name, "prompt": prompt, "strategy": s.label, "seed": sd,
@@ -61,6 +61,11 @@ def run(run_dirs: list[Path], prompts: list[str], settings: list[SamplingSetting
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
+
+
+def _seeds(s: SamplingSettings, seed: int, samples: int) -> list[int]:
+    """Greedy decoding is deterministic: one seed; a stochastic strategy gets ``samples`` of them."""
+    return [seed] if s.strategy == "greedy" else [seed + k for k in range(samples)]
 
 
 def _is_pretrained(spec) -> bool:
@@ -87,7 +92,7 @@ def _pretrained_rows(name, model, tokenizer, prompt, settings, seed, samples) ->
     rows = []
     prompt_ids = start_ids(tokenizer) + encode(tokenizer, prompt)
     for s in settings:
-        for sd in [seed] if s.strategy == "greedy" else [seed + k for k in range(samples)]:
+        for sd in _seeds(s, seed, samples):
             text = tokenizer.decode(generate(model, "pretrained", prompt_ids, s, seed=sd), skip_special_tokens=True)
             words = [w for sentence in split_sentences(text) for w in [*tokenize(sentence), EOS]]
             rows.append({"model": name, "prompt": prompt, "strategy": s.label, "seed": sd, "settings": asdict(s),

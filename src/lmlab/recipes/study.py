@@ -85,8 +85,8 @@ def train_all(preset: str, out: Path) -> dict[str, dict]:
         expected = dict(load_preset(model, preset), preset=preset)
         if final_path.is_file():
             final = rundir.read_json(final_path)
-            if config_differences(final["config"], expected, shared_only=True) - RUNTIME_KEYS:
-                raise LmlabError(f"{run_dir} holds a {model} run with another config: remove it or use another --out")
+            # runs recorded before a preset gained a key ran with that key's old behaviour: compare shared keys
+            _require_same_config(run_dir, final["config"], expected, RUNTIME_KEYS, f"a {model} run", shared_only=True)
             print(f"[train {model}] done already: {final_path}")
         else:
             resume = (run_dir / rundir.LAST).is_file()
@@ -127,8 +127,7 @@ def finetune_all(preset: str, cfg: dict, out: Path) -> None:
 def _finetune_once(name: str, run_dir: Path, cfg: dict) -> None:
     final_path = run_dir / rundir.FINAL
     if final_path.is_file():
-        if config_differences(rundir.read_json(final_path)["config"], cfg) - finetune.RESUMABLE_KEYS:
-            raise LmlabError(f"{run_dir} holds a fine-tune with another config: remove it or use another --out")
+        _require_same_config(run_dir, rundir.read_json(final_path)["config"], cfg, finetune.RESUMABLE_KEYS, "a fine-tune")
         print(f"[{name}] done already: {final_path}")
         return
     resume = (run_dir / rundir.CONFIG).is_file()
@@ -159,6 +158,13 @@ def evaluate_finetunes(preset: str, cfg: dict, out: Path) -> None:
     (out / "comparison.md").write_text(finetune_table(results) + "\n", encoding="utf-8")
 
 
+def _require_same_config(run_dir: Path, recorded: dict, expected: dict, ignored: set, what: str,
+                         shared_only: bool = False) -> None:
+    """A finished run is reused only if it ran this config (up to keys that do not change the result)."""
+    if config_differences(recorded, expected, shared_only=shared_only) - ignored:
+        raise LmlabError(f"{run_dir} holds {what} with another config: remove it or use another --out")
+
+
 def _stale(result: dict, eval_cfg: dict, model: str) -> bool:
     return result.get("settings") != eval_cfg or result.get("model") != model
 
@@ -171,8 +177,8 @@ def align(preset: str, study: dict, out: Path) -> None:
         run_dir = out / "dpo" / source.replace(":", "_").replace("/", "_")
         dpo_cfg = dpo.configure(start, source, preset)
         if (run_dir / "after.json").is_file():
-            if config_differences(rundir.read_json(run_dir / rundir.CONFIG), dpo_cfg) - {("train", "threads")}:
-                raise LmlabError(f"{run_dir} holds a DPO run with another config: remove it or use another --out")
+            _require_same_config(run_dir, rundir.read_json(run_dir / rundir.CONFIG), dpo_cfg, {("train", "threads")},
+                                 "a DPO run")
             print(f"[dpo {source}] done already")
             continue
         if run_dir.exists():

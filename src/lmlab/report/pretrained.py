@@ -5,7 +5,6 @@ Like the rest of the report, every number is read from a JSON file the study wro
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from lmlab import rundir
