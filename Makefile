@@ -15,11 +15,12 @@ endif
 
 .PHONY: run test bench results install clean
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt: the exact versions the tests ran with (pyproject.toml holds the supported ranges).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,tensorboard]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,tensorboard]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -37,7 +38,7 @@ bench: $(VENV)/.installed
 # Copy a finished study's results (JSON, curves, tables, report; never weights) into docs/results/.
 results:
 	cd $(OUT) && find . \( -name model -o -name adapter -o -name trainer -o -name '*.partial' \) -prune -o -type f \
-	  \( -name '*.json' -o -name '*.jsonl' -o -name '*.png' -o -name '*.md' -o -name '*.html' \) ! -name '*step.json' -print | \
+	  \( -name '*.json' -o -name '*.jsonl' -o -name '*.png' -o -name '*.md' -o -name '*.html' \) ! -path './steps/*' -print | \
 	  while read f; do mkdir -p "$(CURDIR)/docs/results/$$(dirname "$$f")" && cp "$$f" "$(CURDIR)/docs/results/$$f"; done
 
 clean:

@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 from train_throughput import gemm_peak
 
-from lmlab import rundir
-from lmlab.hf import registry
-from lmlab.hf.domain_data import limit, load_domain, pack
+from lmlab.pretrained import registry
+from lmlab.pretrained.domain_data import limit, load_domain, pack
+from lmlab.pretrained.lora import with_lora
 from lmlab.recipes import finetune
+from lmlab.training import rundir
 
 
 def flops_per_token(model, seq_len: int, lora: bool) -> float:
@@ -51,10 +52,10 @@ def trainer(args, cfg, out: Path) -> tuple[float, list[float]]:
 
     model, tokenizer = registry.load(args.model)
     if args.lora:
-        model = finetune._with_lora(model, cfg["lora"])
-    data = cfg["data"]
-    chunks = pack(limit(load_domain("pubmed").train, data["train_docs"], data["seed"]), tokenizer, data["seq_len"])
-    order = torch.cat([finetune._batch_rows(s, args.batch, len(chunks), data["seed"]) for s in range(1, args.steps + 1)])
+        model = with_lora(model, cfg.lora)
+    data = cfg.data
+    chunks = pack(limit(load_domain("pubmed").train, data.train_docs, data.seed), tokenizer, data.seq_len)
+    order = torch.cat([finetune._batch_rows(s, args.batch, len(chunks), data.seed) for s in range(1, args.steps + 1)])
     dataset = [{"input_ids": chunks[i], "labels": chunks[i]} for i in order.tolist()]
 
     class InOrder(Trainer):
@@ -70,11 +71,11 @@ def trainer(args, cfg, out: Path) -> tuple[float, list[float]]:
         def on_step_end(self, *a, **k):
             StepTimer.seconds.append(time.perf_counter() - self.started)
 
-    lr = cfg["lora"]["lr"] if args.lora else cfg["optim"]["lr"]
+    lr = cfg.lora.lr if args.lora else cfg.optim.lr
     targs = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=lr,
-        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": cfg["optim"]["min_lr_ratio"]},
-        warmup_steps=0, adam_beta2=0.95, weight_decay=0.0, max_grad_norm=cfg["optim"]["grad_clip"], logging_steps=1,
+        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": cfg.optim.min_lr_ratio},
+        warmup_steps=0, adam_beta2=0.95, weight_decay=0.0, max_grad_norm=cfg.optim.grad_clip, logging_steps=1,
         report_to=[], save_strategy="no", use_cpu=True, seed=0, dataloader_num_workers=0, disable_tqdm=True)
     hf = InOrder(model=model, args=targs, train_dataset=dataset, callbacks=[StepTimer()])
     hf.train()

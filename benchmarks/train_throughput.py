@@ -3,7 +3,8 @@
 MFU = model FLOP/s ÷ the fp32 GEMM peak measured in this same run (a large square matmul), so the ratio
 is fair to whatever machine runs it. Model FLOPs count matmuls only, forward + backward = 3 × forward:
 
-- recurrent: per token 2·(in·G·H + H·G·H) per layer (G = 4 gates for the LSTM, 1 for the RNN) + 2·H·V decoder;
+- recurrent: per token 2·(in·G·H + H·G·H) per layer (G = 4 gates for the LSTM, 3 for the GRU, 1 for the RNN)
+  + 2·H·V decoder;
 - transformer: per token per layer 2·(4·d² + 2·d·d_ff) + 2·2·T·d attention (QKᵀ and AV over the full T×T
   matrix, which is what is computed), + 2·d·V for the output layer.
 
@@ -21,10 +22,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lmlab.config import load_preset
-from lmlab.models import build_model, parameter_counts
+from lmlab.config import load_train, to_dict
+from lmlab.families import build_model
+from lmlab.models import parameter_counts
 
 VOCAB = 10_000
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
 def gemm_peak(n: int = 2048, repeats: int = 10) -> float:
@@ -43,7 +46,7 @@ def flops_per_token(cfg: dict) -> float:
         d, ff, t, layers = m["d_model"], m["d_ff"], m["context_length"], m["n_layers"]
         forward = layers * (2 * (4 * d * d + 2 * d * ff) + 4 * t * d) + 2 * d * VOCAB
     else:
-        gates = 4 if m["arch"] == "lstm" else 1
+        gates = GATES[m["arch"]]
         h, e = m["hidden_size"], m["emb_size"]
         forward = sum(2 * ((e if k == 0 else h) * gates * h + h * gates * h) for k in range(m["num_layers"]))
         forward += 2 * h * VOCAB
@@ -90,10 +93,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 GEMM peak (2048³): {peak / 1e9:.1f} GFLOP/s")
     print(f"preset {args.preset}; one training step = forward + backward + clip + optimiser update\n")
     print(f"{'model':<12} {'impl':<8} {'params':>10} {'GFLOP/token':>12} {'tokens/s':>10} {'GFLOP/s':>8} {'MFU':>6}  scratch/nn time")
-    for model in ("rnn", "lstm", "transformer"):
+    for model in ("rnn", "gru", "lstm", "transformer"):
         results = {}
         for impl in ("nn", "scratch"):
-            cfg = load_preset(model, args.preset)
+            cfg = to_dict(load_train(model, args.preset))
             cfg["model"]["impl"] = impl
             params = parameter_counts(build_model(cfg["model"], VOCAB))["total"]
             tok_s = step_throughput(cfg, args.steps)

@@ -41,13 +41,13 @@ def test_same_seed_same_text_and_cache_equals_recompute(tiny_runs):
     a = generate(trained.model, trained.family, prompt, s, seed=3)
     assert a == generate(trained.model, trained.family, prompt, s, seed=3)
     greedy = SamplingSettings("greedy", max_tokens=25)  # stays within the 32-token context
-    assert generate(trained.model, "transformer", prompt, greedy, use_cache=True) == \
-        generate(trained.model, "transformer", prompt, greedy, use_cache=False)
+    assert generate(trained.model, trained.family, prompt, greedy, use_cache=True) == \
+        generate(trained.model, trained.family, prompt, greedy, use_cache=False)
 
 
 def test_generation_past_the_context_length_keeps_going(tiny_runs):
     trained = load_trained(tiny_runs["transformer"], impl="scratch")
-    out = generate(trained.model, "transformer", [trained.vocab.eos_id], SamplingSettings("temperature", max_tokens=80))
+    out = generate(trained.model, trained.family, [trained.vocab.eos_id], SamplingSettings("temperature", max_tokens=80))
     assert len(out) == 80
 
 
@@ -78,18 +78,19 @@ def test_empty_prompt_starts_from_eos_and_bad_settings_are_one_line(tiny_runs, c
 def test_pretrained_models_sample_through_the_same_code_with_their_cache(tiny_gpt2):
     from transformers import AutoModelForCausalLM
 
+    from lmlab.families import PRETRAINED
     from lmlab.generation import SamplingSettings, generate
 
     model = AutoModelForCausalLM.from_pretrained(tiny_gpt2).eval()
     prompt = [50256, 464, 21919]
-    greedy = generate(model, "pretrained", prompt, SamplingSettings("greedy", max_tokens=6))
+    greedy = generate(model, PRETRAINED, prompt, SamplingSettings("greedy", max_tokens=6))
     ids = list(prompt)
     with torch.no_grad():  # the same greedy continuation without any cache
         for _ in range(6):
             ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
     assert greedy == ids[len(prompt):]
     s = SamplingSettings("top-p", top_p=0.9, max_tokens=6)
-    assert generate(model, "pretrained", prompt, s, seed=3) == generate(model, "pretrained", prompt, s, seed=3)
+    assert generate(model, PRETRAINED, prompt, s, seed=3) == generate(model, PRETRAINED, prompt, s, seed=3)
 
 
 def test_lmlab_sample_takes_pretrained_models_beside_ptb_runs(tiny_gpt2, capsys):

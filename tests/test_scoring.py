@@ -1,4 +1,4 @@
-"""token_nlls must score every token once, and agree with a direct full-context computation."""
+"""A family's token_nlls must score every token once, and agree with a direct full-context computation."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.models import build_model
-from lmlab.scoring import token_nlls
+from lmlab.families import build_model, family_of
 
 V = 30
 
@@ -30,8 +29,7 @@ def test_single_column_or_window_equals_full_context(arch):
            else dict(arch="lstm", emb_size=8, hidden_size=8, num_layers=1))
     model = build_model(dict(cfg, impl="scratch"), V).double().eval()
     x, y = torch.randint(0, V, (37,)), torch.randint(0, V, (37,))
-    family = "transformer" if arch == "transformer" else "recurrent"
-    got = token_nlls(model, family, x, y, batch_size=1, bptt=5, stride=1)
+    got = family_of(arch).token_nlls(model, x, y, batch_size=1, bptt=5, stride=1)
     torch.testing.assert_close(got, full_context_nlls(model, arch, x, y))
 
 
@@ -39,7 +37,7 @@ def test_recurrent_columns_cover_every_token():
     torch.manual_seed(0)
     model = build_model(dict(arch="rnn", impl="scratch", emb_size=8, hidden_size=8, num_layers=1), V).eval()
     x, y = torch.randint(0, V, (101,)), torch.randint(0, V, (101,))
-    nll = token_nlls(model, "recurrent", x, y, batch_size=7, bptt=4)
+    nll = family_of("rnn").token_nlls(model, x, y, batch_size=7, bptt=4)
     assert nll.numel() == 101 and torch.isfinite(nll).all()
 
 
@@ -51,5 +49,5 @@ def test_uniform_model_has_perplexity_equal_to_vocabulary_size():
         for p in model.parameters():
             p.zero_()
     x, y = torch.randint(0, V, (50,)), torch.randint(0, V, (50,))
-    nll = token_nlls(model, "transformer", x, y, batch_size=4, stride=8)
+    nll = family_of("transformer").token_nlls(model, x, y, batch_size=4, stride=8)
     assert math.isclose(math.exp(nll.mean().item()), V, rel_tol=1e-9)

@@ -1,8 +1,7 @@
 """Sampling from any of our models: greedy, temperature, top-k, top-p, with a repetition penalty.
 
-Recurrent models carry their state from step to step; the Transformer keeps a key/value cache (and, past
-its context length, re-reads the last ``context_length - 1`` tokens, since its positions are absolute).
-Pretrained Hugging Face models use their own key/value cache (family ``pretrained``).
+How a model is stepped (recurrent state, key/value caches) belongs to its family (lmlab.families), so the
+same sampling code serves the word-level models and pretrained Hugging Face models.
 Every random draw comes from one seeded ``torch.Generator``: same model, prompt, settings and seed, same text.
 """
 
@@ -11,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 STRATEGIES = ("greedy", "temperature", "top-k", "top-p")
 
@@ -65,65 +65,19 @@ def next_token(logits: torch.Tensor, history: list[int], s: SamplingSettings, ge
 
 
 @torch.no_grad()
-def generate(model, family: str, prompt_ids: list[int], s: SamplingSettings, seed: int = 0,
-             use_cache: bool = True) -> list[int]:
-    """Continue ``prompt_ids`` (which must be non-empty) by ``s.max_tokens`` ids."""
+def generate(model, family, prompt_ids: list[int], s: SamplingSettings, seed: int = 0, use_cache: bool = True) -> list[int]:
+    """Continue ``prompt_ids`` (which must be non-empty) by ``s.max_tokens`` ids; ``family`` (lmlab.families)
+    steps the model: recurrent state, the Transformer's key/value cache, or a pretrained model's own cache."""
     model.eval()
     generator = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
+    step = family.stepper(model, next(model.parameters()).device, use_cache)
     tokens = list(prompt_ids)
     out: list[int] = []
-    if family == "recurrent":
-        step = _recurrent_stepper(model, device)
-    elif family == "transformer":
-        step = _transformer_stepper(model, device, use_cache)
-    else:  # "pretrained": a Hugging Face causal LM
-        step = _pretrained_stepper(model, device)
-    logits = step(tokens, new=len(tokens))
-    for _ in range(s.max_tokens):
+    logits = step(tokens, len(tokens))
+    # long generations show progress (on stderr), so they never look like a hang
+    for _ in tqdm(range(s.max_tokens), desc="generating", unit="tok", leave=False, disable=s.max_tokens < 1000):
         token = next_token(logits, tokens, s, generator)
         tokens.append(token)
         out.append(token)
-        logits = step(tokens, new=1)
+        logits = step(tokens, 1)
     return out
-
-
-def _recurrent_stepper(model, device):
-    state = model.initial_state(1, model.encoder.weight)
-
-    def step(tokens, new):
-        nonlocal state
-        x = torch.tensor(tokens[-new:], device=device).view(-1, 1)
-        logits, state = model(x, state)
-        return logits[-1, 0]
-
-    return step
-
-
-def _transformer_stepper(model, device, use_cache: bool):
-    context = model.context_length
-    cache = model.new_cache() if use_cache else None
-
-    def step(tokens, new):
-        nonlocal cache
-        if not use_cache:
-            return model(torch.tensor(tokens[-context:], device=device).view(1, -1))[0, -1]
-        if cache[0].length + new > context:  # out of positions: start again from the most recent tokens
-            cache = model.new_cache()
-            new = min(len(tokens), context - 1)
-        return model(torch.tensor(tokens[-new:], device=device).view(1, -1), cache)[0, -1]
-
-    return step
-
-
-def _pretrained_stepper(model, device):
-    """A Hugging Face causal LM with its own key/value cache: the same sampling code serves every model."""
-    past = None
-
-    def step(tokens, new):
-        nonlocal past
-        out = model(input_ids=torch.tensor([tokens[-new:]], device=device), cache=past, use_cache=True)
-        past = out.cache
-        return out.logits[0, -1]
-
-    return step

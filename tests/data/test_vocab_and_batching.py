@@ -3,7 +3,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmlab.data.batching import IGNORE, batchify, batchify_padded, bptt_windows, context_windows, lm_pairs, sliding_windows
+from lmlab.data.batching import (
+    IGNORE,
+    batchify,
+    batchify_padded,
+    bptt_windows,
+    context_windows,
+    lm_pairs,
+    sliding_windows,
+)
 from lmlab.data.vocab import EOS, UNK, Vocabulary, read_words
 from lmlab.data.word_corpus import load_word_corpus
 

@@ -5,7 +5,12 @@ import math
 import torch
 
 from lmlab.metrics.shift import frequency_buckets, js_divergence, kl_divergence, unigram
-from lmlab.metrics.text_stats import distinct_n, longest_repeated_span, repeated_ngram_rate, text_statistics
+from lmlab.metrics.text_stats import (
+    distinct_n,
+    longest_repeated_span,
+    repeated_ngram_rate,
+    text_statistics,
+)
 
 
 def test_text_statistics_on_a_hand_made_sample():

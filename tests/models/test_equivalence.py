@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.models import build_model
+from lmlab.families import build_model
+from lmlab.models.gru import GRULayer
 from lmlab.models.lstm import LSTMLayer
 from lmlab.models.rnn import ElmanLayer
 
@@ -15,6 +16,7 @@ V = 50
 
 CONFIGS = {
     "rnn": dict(arch="rnn", emb_size=16, hidden_size=16, num_layers=2),
+    "gru": dict(arch="gru", emb_size=16, hidden_size=16, num_layers=2),
     "lstm": dict(arch="lstm", emb_size=16, hidden_size=16, num_layers=2),
     "transformer": dict(arch="transformer", d_model=16, n_layers=2, n_heads=4, d_ff=32, context_length=12,
                         dropout=0.0, dropout_emb=0.0),
@@ -48,7 +50,7 @@ def batch(arch):
     return torch.randint(0, V, shape, generator=g), torch.randint(0, V, shape, generator=g)
 
 
-@pytest.mark.parametrize("arch", ["rnn", "lstm", "transformer"])
+@pytest.mark.parametrize("arch", ["rnn", "gru", "lstm", "transformer"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
 def test_logits_loss_and_gradients_match_torch_nn(arch, dtype, tol):
     scratch, twin = pair(arch, dtype)
@@ -64,7 +66,7 @@ def test_logits_loss_and_gradients_match_torch_nn(arch, dtype, tol):
         torch.testing.assert_close(p.grad, grads_b[name].grad, atol=tol, rtol=tol, msg=name)
 
 
-@pytest.mark.parametrize("arch", ["rnn", "lstm", "transformer"])
+@pytest.mark.parametrize("arch", ["rnn", "gru", "lstm", "transformer"])
 def test_optimiser_steps_match_torch_nn(arch):
     scratch, twin = pair(arch)
     x, y = batch(arch)
@@ -93,7 +95,7 @@ def test_plain_matmul_attention_equals_sdpa():
         torch.testing.assert_close(p.grad, q.grad, atol=1e-10, rtol=1e-10, msg=name)
 
 
-@pytest.mark.parametrize("layer", [ElmanLayer, LSTMLayer])
+@pytest.mark.parametrize("layer", [ElmanLayer, GRULayer, LSTMLayer])
 def test_recurrent_layer_gradcheck(layer):
     """Analytic gradients of our tensor-op cells against finite differences."""
     torch.manual_seed(0)
@@ -109,7 +111,7 @@ def test_recurrent_layer_gradcheck(layer):
     assert torch.autograd.gradcheck(f, (x, *cell.parameters()))
 
 
-@pytest.mark.parametrize("arch", ["rnn", "lstm", "transformer"])
+@pytest.mark.parametrize("arch", ["rnn", "gru", "lstm", "transformer"])
 def test_changing_a_future_token_never_changes_an_earlier_prediction(arch):
     torch.manual_seed(0)
     model = build_model(dict(CONFIGS[arch], impl="scratch"), V).double().eval()
@@ -138,7 +140,7 @@ def test_locked_dropout_shares_one_mask_across_time():
     assert torch.equal(drop.eval()(torch.ones(2, 2, 2)), torch.ones(2, 2, 2))
 
 
-@pytest.mark.parametrize("arch", ["rnn", "lstm", "transformer"])
+@pytest.mark.parametrize("arch", ["rnn", "gru", "lstm", "transformer"])
 def test_models_overfit_a_tiny_sequence(arch):
     """A model that cannot memorise 24 tokens has a bug; each reaches near-zero loss in a few hundred steps."""
     torch.manual_seed(0)

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from lmlab import rundir
 from lmlab.cli import main
 from lmlab.recipes import evaluate
+from lmlab.training import rundir
 
 
 @pytest.mark.parametrize("model", ["rnn", "transformer"])

@@ -10,13 +10,13 @@ def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, domai
     out = tmp_path / "study"
     study = ["run", "--preset", "smoke", "--out", str(out), "--threads", "1", "--set", f"finetune.model={tiny_llama}"]
     assert main(study) == 0
-    first = capsys.readouterr().out
+    first = capsys.readouterr().err  # the study logs on stderr (and to study.log)
     table = (out / "ptb_table.md").read_text()
-    for model in ("rnn", "lstm", "transformer"):
+    for model in ("rnn", "gru", "lstm", "transformer"):
         assert f"| {model} |" in table and (out / "ptb" / model / "final.json").is_file()
     assert table in first
     cross = json.loads((out / "cross_domain" / "cross_domain.json").read_text())
-    assert {(r["model"], r["corpus"]) for r in cross} == {(m, c) for m in ("rnn", "lstm", "transformer")
+    assert {(r["model"], r["corpus"]) for r in cross} == {(m, c) for m in ("rnn", "gru", "lstm", "transformer")
                                                           for c in ("ptb:test", "shakespeare", "pubmed:50")}
     ptb = {r["model"]: r for r in cross if r["corpus"] == "ptb:test"}
     final = json.loads((out / "ptb" / "lstm" / "final.json").read_text())
@@ -28,10 +28,10 @@ def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, domai
                     "### Before and after", "### Effect of training-set size", "## Preference alignment (DPO)",
                     "### `general` pairs", "### `pubmedqa` pairs", "## Analysis"):
         assert section in report
-    for model in ("rnn", "lstm", "transformer"):  # every epoch's numbers, as the run wrote them
+    for model in ("rnn", "gru", "lstm", "transformer"):  # every epoch's numbers, as the run wrote them
         for row in (out / "ptb" / model / "metrics.jsonl").read_text().splitlines():
             assert f"| {json.loads(row)['valid_ppl']:.2f} |" in report
-    best = min(("rnn", "lstm", "transformer"),
+    best = min(("rnn", "gru", "lstm", "transformer"),
                key=lambda m: json.loads((out / "ptb" / m / "final.json").read_text())["test_ppl"])
     assert f"**{best}** is best" in report
     # fine-tuning and DPO numbers, as their JSON files hold them
@@ -46,10 +46,11 @@ def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, domai
         assert f"| preference accuracy (summed log-lik.) | {b['preference_acc']:.3f} | {a['preference_acc']:.3f} |" in report
         assert b["reward_margin"] == 0.0 and (out / "dpo" / source / "model" / "config.json").is_file()
     html = (out / "report.html").read_text()
-    # 3 PTB curves + cross-domain chart + full/LoRA curves + data-size chart + 2 DPO curves, all inlined
-    assert html.count("data:image/png;base64,") == 9 and 'src="ptb/' not in html and 'src="dpo/' not in html
+    # 4 PTB curves + cross-domain chart + full/LoRA curves + data-size chart + 2 DPO curves, all inlined
+    assert html.count("data:image/png;base64,") == 10 and 'src="ptb/' not in html and 'src="dpo/' not in html
     assert main(study) == 0
-    assert capsys.readouterr().out.count("done already") == 13  # 3 trainings, eval, sample, 4 fine-tunes, 2 ft-evals, 2 DPO
+    # 4 trainings, eval, sample, 4 fine-tunes, 3 ft-evals (before, full, LoRA), 2 DPO
+    assert capsys.readouterr().err.count("done already") == 15
     log = (out / "study.log").read_text()
     assert log.count("[study]") == 2 and "[report]" in log  # the whole run is logged, run after run
 
@@ -80,7 +81,7 @@ def test_ctrl_c_mid_step_then_rerun_continues_where_it_stopped(domain_data, tiny
     assert "interrupted; finished steps and the last checkpoint are kept" in capsys.readouterr().err
     monkeypatch.setattr(finetune, "_checkpoint", real)
     assert main(study) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert f"[finetune full] resuming in {tmp_path / 'finetune' / 'full'}" in out
     steps = [json.loads(r)["step"] for r in (tmp_path / "finetune" / "full" / "metrics.jsonl").read_text().splitlines()
              if json.loads(r)["kind"] == "train"]

@@ -102,7 +102,7 @@ def test_missing_corpus_and_bad_names_are_one_line_errors(tmp_path):
     env = dict(os.environ, LMLAB_DATA_DIR=str(tmp_path / "empty"))
     for args, expected in [
         (["--model", "lstm", "--preset", "smoke"], "lmlab data download ptb"),
-        (["--model", "gru", "--preset", "smoke"], "unknown model 'gru'"),
+        (["--model", "mamba", "--preset", "smoke"], "unknown model 'mamba'"),
         (["--model", "lstm", "--preset", "tiny"], "unknown preset 'tiny'"),
         (["--model", "lstm", "--preset", "smoke", "--set", "optim.nope=1"], "unknown config key"),
     ]:

@@ -9,11 +9,10 @@ one sentence a line, read exactly as training reads it).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmlab.data import corpora, user_files
+from lmlab.data import corpora, documents, user_files
 from lmlab.errors import LmlabError
 
 PUBMED_DEFAULT_ABSTRACTS = 1000
@@ -40,18 +39,12 @@ def load_eval_text(spec: str) -> EvalText:
     if name == "shakespeare":
         return EvalText(spec, "raw", corpora.split_path("shakespeare", "all").read_text(encoding="utf-8"))
     if name == "pubmed":
+        if arg not in ("", "all") and not (arg.isdigit() and int(arg) > 0):
+            raise LmlabError(f"bad corpus '{spec}': write pubmed, pubmed:N (N > 0 abstracts) or pubmed:all")
         limit = None if arg == "all" else int(arg or PUBMED_DEFAULT_ABSTRACTS)
-        paragraphs = []
-        with corpora.split_path("pubmed", "all").open(encoding="utf-8") as f:
-            for line in f:
-                if limit is not None and len(paragraphs) >= limit:
-                    break
-                doc = json.loads(line)
-                paragraphs.append(f"{doc['title']}\n{doc['abstract']}")
-        return EvalText(spec, "raw", "\n\n".join(paragraphs))
+        return EvalText(spec, "raw", "\n\n".join(d.text for d in documents.pubmed_documents(limit)))
     if name == "pubmedqa":
-        data = json.loads(corpora.split_path("pubmedqa", "all").read_text(encoding="utf-8"))
-        paragraphs = [" ".join(q["CONTEXTS"]) + "\n\n" + q["LONG_ANSWER"] for q in data.values()]
+        paragraphs = [f"{q.context}\n\n{q.long_answer}" for q in documents.pubmedqa_questions()]
         return EvalText(spec, "raw", "\n\n".join(paragraphs))
     known = "ptb:SPLIT, wikitext2:SPLIT, wikitext2-raw, shakespeare, pubmed[:N|all], pubmedqa, file:PATH, tokens:PATH"
     raise LmlabError(f"unknown corpus '{spec}': use one of {known}")

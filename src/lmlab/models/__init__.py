@@ -1,26 +1,16 @@
-"""Model components: from-scratch RNN, LSTM and Transformer LMs, their torch.nn twins, and a builder."""
+"""Model components: from-scratch Elman RNN, GRU, LSTM and Transformer LMs and their torch.nn twins.
+
+Which model a config builds is the family's business (lmlab.families); models know nothing of data or configs.
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 from torch import nn
 
 from lmlab.models.recurrent import RecurrentLM
 from lmlab.models.transformer import TransformerLM
 
-FAMILIES = {"rnn": "recurrent", "lstm": "recurrent", "transformer": "transformer"}
-
-
-def build_model(model_config: dict[str, Any], vocab_size: int) -> nn.Module:
-    """Build a model from the ``[model]`` table of a config."""
-    options = dict(model_config)
-    arch = options.pop("arch")
-    if arch in ("rnn", "lstm"):
-        return RecurrentLM(vocab_size, cell=arch, **options)
-    if arch == "transformer":
-        return TransformerLM(vocab_size, **options)
-    raise ValueError(f"unknown architecture '{arch}'")
+__all__ = ["RecurrentLM", "TransformerLM", "parameter_counts"]
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

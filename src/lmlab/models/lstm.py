@@ -15,10 +15,9 @@ and against finite differences.
 
 from __future__ import annotations
 
-import math
-
 import torch
-from torch import nn
+
+from lmlab.models.recurrent_layer import RecurrentLayer
 
 
 class LSTMRecurrence(torch.autograd.Function):
@@ -75,17 +74,9 @@ class LSTMRecurrence(torch.autograd.Function):
         return d_pre, dh, dc, d_w_hh
 
 
-class LSTMLayer(nn.Module):
+class LSTMLayer(RecurrentLayer):
     def __init__(self, input_size: int, hidden_size: int):
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.weight_ih_l0 = nn.Parameter(torch.empty(4 * hidden_size, input_size))
-        self.weight_hh_l0 = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
-        self.bias_ih_l0 = nn.Parameter(torch.empty(4 * hidden_size))
-        self.bias_hh_l0 = nn.Parameter(torch.empty(4 * hidden_size))
-        bound = 1 / math.sqrt(hidden_size)  # torch.nn.LSTM's default initialisation
-        for p in self.parameters():
-            nn.init.uniform_(p, -bound, bound)
+        super().__init__(input_size, hidden_size, gates=4)
 
     def initial_state(self, batch_size: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         zeros = like.new_zeros(1, batch_size, self.hidden_size)
@@ -93,8 +84,7 @@ class LSTMLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         """x: (T, B, input); state: (h, c), each (1, B, hidden). Returns outputs (T, B, hidden), (h, c)."""
-        steps, batch, _ = x.shape
         # All input projections in one GEMM; the recurrence then needs one (B x H) @ (H x 4H) per step.
-        xw = torch.addmm(self.bias_ih_l0 + self.bias_hh_l0, x.reshape(steps * batch, -1), self.weight_ih_l0.t())
-        outputs, h, c = LSTMRecurrence.apply(xw.view(steps, batch, -1), state[0][0], state[1][0], self.weight_hh_l0)
+        xw = self.input_projections(x, self.bias_ih_l0 + self.bias_hh_l0)
+        outputs, h, c = LSTMRecurrence.apply(xw, state[0][0], state[1][0], self.weight_hh_l0)
         return outputs, (h.unsqueeze(0), c.unsqueeze(0))

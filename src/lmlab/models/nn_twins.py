@@ -23,6 +23,14 @@ class TorchLSTMLayer(nn.LSTM):
         return zeros, zeros.clone()
 
 
+class TorchGRULayer(nn.GRU):
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__(input_size, hidden_size, num_layers=1)
+
+    def initial_state(self, batch_size: int, like: torch.Tensor) -> torch.Tensor:
+        return like.new_zeros(1, batch_size, self.hidden_size)
+
+
 class TorchBlock(nn.TransformerEncoderLayer):
     """A pre-LN GPT block: nn.TransformerEncoderLayer with GELU, batch-first, norm-first, causal mask."""
 

@@ -1,7 +1,7 @@
-"""Recurrent language model: embedding -> stacked RNN/LSTM layers -> linear decoder over the vocabulary.
+"""Recurrent language model: embedding -> stacked RNN/GRU/LSTM layers -> linear decoder over the vocabulary.
 
 The recurrent layers are the only part that differs between ``impl = "scratch"`` (our tensor-op layers)
-and ``impl = "nn"`` (``torch.nn.RNN``/``LSTM``, one per layer). Their parameters carry the same names, so a
+and ``impl = "nn"`` (``torch.nn.RNN``/``GRU``/``LSTM``, one per layer). Their parameters carry the same names, so a
 state dict of one loads into the other, which is how the tests prove the two compute the same function.
 Layers are stacked one module per layer (not ``nn.LSTM(num_layers=L)``) so that dropout between layers can
 use one mask across time, which ``nn.LSTM``'s built-in inter-layer dropout cannot.
@@ -13,12 +13,15 @@ from torch import nn
 
 from lmlab.models import nn_twins
 from lmlab.models.dropout import LockedDropout
+from lmlab.models.gru import GRULayer
 from lmlab.models.lstm import LSTMLayer
 from lmlab.models.rnn import ElmanLayer
 
 LAYERS = {
     ("rnn", "scratch"): ElmanLayer,
     ("rnn", "nn"): nn_twins.TorchElmanLayer,
+    ("gru", "scratch"): GRULayer,
+    ("gru", "nn"): nn_twins.TorchGRULayer,
     ("lstm", "scratch"): LSTMLayer,
     ("lstm", "nn"): nn_twins.TorchLSTMLayer,
 }

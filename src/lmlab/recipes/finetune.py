@@ -1,255 +1,223 @@
 """lmlab finetune: continue training a pretrained causal LM on a domain corpus, with our own loop.
 
 The steps, top to bottom: config -> accelerator (CPU, one GPU, or many under ``accelerate launch``/torchrun)
--> model and tokenizer (lmlab.hf.registry) -> optional LoRA (peft) -> document-level splits, packed chunks ->
-AdamW with linear warm-up and cosine decay -> steps (gradient accumulation, clipping), evaluation every N steps
-on the domain validation split and on a general text (to watch forgetting), best checkpoint, resume state,
-early stopping -> the best weights saved with ``save_pretrained`` -> final.json and curves.png.
+-> model and tokenizer (lmlab.pretrained.registry) -> optional LoRA (peft) -> document-level splits, packed
+chunks -> AdamW with warm-up and cosine decay (lmlab.training.schedule) -> steps (gradient accumulation,
+clipping), evaluation every N steps on the domain validation split and on a general text (to watch
+forgetting), best checkpoint, resume state, early stopping -> the best weights saved with ``save_pretrained``
+-> final.json (lmlab.results.FinetuneFinal) and curves.png.
 
 Run directory: config.json, metrics.jsonl (a row per step and per evaluation), model/ (the best weights and the
 tokenizer, a plain ``from_pretrained`` directory; LoRA adapters merged into it), adapter/ (LoRA only: the
-peft adapter), last.pt (resume), final.json, curves.png.
+peft adapter), last.pt (resume; removed when the run finishes), final.json, curves.png.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from lmlab import rundir, runtime
-from lmlab.config import config_differences, recipe_config
+from lmlab import results
+from lmlab.config import FinetuneConfig, load_recipe, to_dict
 from lmlab.data.eval_texts import head, load_eval_text
 from lmlab.errors import LmlabError
-from lmlab.hf import registry
-from lmlab.hf.domain_data import Document, limit, load_domain, pack
+from lmlab.pretrained import registry
+from lmlab.pretrained.domain_data import Document, limit, load_domain, pack
+from lmlab.pretrained.lora import with_lora
 from lmlab.report.plots import plot_finetune_curves
+from lmlab.training import checkpoint, lifecycle, rundir, runtime, schedule
+from lmlab.training.logger import MetricsLogger
+from lmlab.training.progress import Best, diverged
 
-MODEL_DIR = "model"
-ADAPTER_DIR = "adapter"
-# Keys that say where and how long a run runs, not what it computes: a run may resume across them.
-RESUMABLE_KEYS = {("train", "steps"), ("train", "threads"), ("train", "device"), ("train", "patience")}
+log = logging.getLogger("lmlab")
+MODEL_DIR, ADAPTER_DIR = results.MODEL_DIR, results.ADAPTER_DIR
 
 
 def configure(model: str | None, dataset: str | None, preset: str, overrides: list[str] = (),
-              lora: bool = False) -> dict[str, Any]:
-    return recipe_config("finetune", preset, {"model.name": model, "data.dataset": dataset,
-                                              "lora.enabled": True if lora else None}, overrides)
+              lora: bool = False) -> FinetuneConfig:
+    return load_recipe("finetune", preset, {"model.name": model, "data.dataset": dataset,
+                                            "lora.enabled": True if lora else None}, overrides)
 
 
-def run(cfg: dict[str, Any], out: Path, resume: bool = False) -> dict[str, Any]:
+def run(cfg: FinetuneConfig, out: Path, resume: bool = False) -> results.FinetuneFinal:
     from accelerate import Accelerator
 
     out = Path(out)
-    data_cfg, train_cfg, optim_cfg, lora_cfg = cfg["data"], cfg["train"], cfg["optim"], cfg["lora"]
-    if train_cfg["threads"] > 0:
-        torch.set_num_threads(train_cfg["threads"])
-    device = train_cfg["device"]
-    use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision=train_cfg["mixed_precision"])
-    main = accelerator.is_main_process
-    _prepare_run_dir(out, cfg, resume, main)
-    runtime.seed_everything(train_cfg["seed"])
+    t = cfg.train
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    accelerator = Accelerator(cpu=runtime.resolve_device(t.device) == "cpu", mixed_precision=t.mixed_precision)
+    resume = lifecycle.prepare(out, cfg, resume, accelerator.is_main_process)
+    try:
+        return _finetune(cfg, out, resume, accelerator)
+    except BaseException:
+        lifecycle.abandon(out, accelerator.is_main_process)
+        raise
 
-    # --- model -------------------------------------------------------------------------------------------
-    model, tokenizer = registry.load(cfg["model"]["name"])
+
+def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, accelerator) -> results.FinetuneFinal:
+    t, main, world = cfg.train, accelerator.is_main_process, accelerator.num_processes
+    runtime.seed_everything(t.seed)
+    splits = load_domain(cfg.data.dataset)  # a bad corpus fails before a model is loaded
+    model, tokenizer = registry.load(cfg.model.name)
     total_params = sum(p.numel() for p in model.parameters())
-    if lora_cfg["enabled"]:
-        model = _with_lora(model, lora_cfg)
+    if cfg.lora.enabled:
+        model = with_lora(model, cfg.lora)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    trainable_params = sum(p.numel() for p in trainable)
+    data = _data(cfg, splits, tokenizer, world)
 
-    # --- data: document-level splits, packed with the model's own tokenizer -----------------------------
-    splits = load_domain(data_cfg["dataset"])
-    train_docs = limit(splits.train, data_cfg["train_docs"], data_cfg["seed"])
-    train_chunks = pack(train_docs, tokenizer, data_cfg["seq_len"])
-    if data_cfg["train_tokens"]:
-        train_chunks = train_chunks[: max(1, data_cfg["train_tokens"] // data_cfg["seq_len"])]
-    valid_chunks = pack(splits.valid, tokenizer, data_cfg["seq_len"])[: data_cfg["valid_chunks"]]
-    general_chunks = _general_chunks(train_cfg, tokenizer, data_cfg["seq_len"])
-    world = accelerator.num_processes
-    if train_cfg["batch_size"] % train_cfg["grad_accum"]:
-        raise LmlabError("train.batch_size must be a multiple of train.grad_accum")
-    if len(train_chunks) < train_cfg["batch_size"] * world:
-        raise LmlabError(f"the training set has {len(train_chunks)} chunks of {data_cfg['seq_len']} tokens, fewer "
-                         f"than one batch ({train_cfg['batch_size']} x {world} processes): use more data or a "
-                         "smaller train.batch_size")
-
-    # --- optimiser and schedule -----------------------------------------------------------------------------
-    lr = lora_cfg["lr"] if lora_cfg["enabled"] else optim_cfg["lr"]
+    lr = cfg.lora.lr if cfg.lora.enabled else cfg.optim.lr
     # fused: one kernel for all tensors (CPU and CUDA), as transformers.Trainer uses by default
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=optim_cfg["weight_decay"], betas=(0.9, 0.95), fused=True)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_cosine(train_cfg["steps"], optim_cfg["warmup_steps"], optim_cfg["min_lr_ratio"]))
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=cfg.optim.weight_decay, betas=(0.9, 0.95), fused=True)
+    sched = schedule.scheduler(optimizer, "cosine", t.steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
-
-    state = {"step": 0, "best_loss": math.inf, "best_step": -1, "bad_evals": 0, "train_seconds": 0.0,
-             "tokens": 0}
-    if resume and (out / rundir.LAST).is_file():
-        state = _restore(out / rundir.LAST, accelerator.unwrap_model(model), optimizer, schedule)
-        accelerator.print(f"resuming at step {state['step']}")
-    if main:
-        rundir.write_json(out / rundir.CONFIG, cfg)
+    metrics = MetricsLogger(out, cfg.log.tensorboard, enabled=main)
+    progress = {"step": 0, "train_seconds": 0.0, "tokens": 0, "initial": None}
+    best = Best(t.patience)
+    if resume:
+        weights, progress = checkpoint.load(out / rundir.LAST, optimizer, sched)
+        _load_trainable(accelerator.unwrap_model(model), weights, out / rundir.LAST)
+        best.load_state_dict(progress.pop("best"))
+        lifecycle.refuse_if_done(out, progress["step"], t.steps, "steps", "train.steps")
+        metrics.keep(lambda r: r["step"] <= progress["step"])  # rows logged after the checkpoint rerun
+        log.info("resuming at step %d", progress["step"])
 
     def evaluate(step: int) -> dict[str, float]:
         plain = accelerator.unwrap_model(model)  # not through DDP: no collective calls while only some ranks score
-        row = {"kind": "eval", "step": step, "valid_loss": _mean_loss(plain, valid_chunks, accelerator)}
-        if general_chunks is not None:
-            row["general_loss"] = _mean_loss(plain, general_chunks, accelerator)
+        row = {"kind": "eval", "step": step, "valid_loss": _mean_loss(plain, data["valid"], accelerator)}
+        if data["general"] is not None:
+            row["general_loss"] = _mean_loss(plain, data["general"], accelerator)
         for key in ("valid", "general"):
             if f"{key}_loss" in row:
                 row[f"{key}_ppl"] = math.exp(row[f"{key}_loss"])
         return row
 
-    if state["step"] == 0 and main:
-        row = evaluate(0)
-        rundir.append_jsonl(out / rundir.METRICS, row)
-        state["initial"] = row
-        accelerator.print(f"step 0: valid ppl {row['valid_ppl']:.3f}"
-                          + (f", general ppl {row['general_ppl']:.3f}" if "general_ppl" in row else ""))
+    if progress["step"] == 0 and main:
+        progress["initial"] = evaluate(0)
+        metrics.log(progress["initial"], 0)
+        log.info("step 0: valid ppl %.3f%s", progress["initial"]["valid_ppl"], _general(progress["initial"]))
+    stopped_early = _steps(cfg, model, optimizer, sched, trainable, data["train"], accelerator, progress, best,
+                           metrics, evaluate, tokenizer, out)
+    accelerator.wait_for_everyone()
+    metrics.close()
+    return _finish(cfg, out, accelerator, progress, best, stopped_early, total_params,
+                   sum(p.numel() for p in trainable), data)
 
-    # --- steps ----------------------------------------------------------------------------------------------
-    micro = train_cfg["batch_size"] // train_cfg["grad_accum"]
-    stopped_early = False
-    progress = tqdm(total=train_cfg["steps"], initial=state["step"], desc="finetune", disable=not main,
-                    dynamic_ncols=True)
+
+def _data(cfg: FinetuneConfig, splits, tokenizer, world: int) -> dict:
+    """Document-level splits, packed with the model's own tokenizer, and the general text for forgetting."""
+    d, t = cfg.data, cfg.train
+    train_docs = limit(splits.train, d.train_docs, d.seed)
+    train = pack(train_docs, tokenizer, d.seq_len)
+    if d.train_tokens:
+        train = train[: max(1, d.train_tokens // d.seq_len)]
+    general = None
+    if t.general_corpus:
+        # enough characters for the chunks asked for (about 4 characters a token), cut at a line boundary
+        text = head(load_eval_text(t.general_corpus).text, 6 * d.seq_len * t.general_chunks)
+        general = pack([Document("general", text)], tokenizer, d.seq_len)[: t.general_chunks]
+    if t.batch_size % t.grad_accum:
+        raise LmlabError("train.batch_size must be a multiple of train.grad_accum")
+    if len(train) < t.batch_size * world:
+        raise LmlabError(f"the training set has {len(train)} chunks of {d.seq_len} tokens, fewer than one batch "
+                         f"({t.batch_size} x {world} processes): use more data or a smaller train.batch_size")
+    return {"train": train, "valid": pack(splits.valid, tokenizer, d.seq_len)[: d.valid_chunks], "general": general,
+            "train_docs": len(train_docs)}
+
+
+def _steps(cfg, model, optimizer, sched, trainable, chunks, accelerator, progress, best, metrics, evaluate,
+           tokenizer, out) -> bool:
+    """Optimizer steps until the budget is spent or early stopping; True when it stopped early."""
+    t, world, main = cfg.train, accelerator.num_processes, accelerator.is_main_process
+    micro = t.batch_size // t.grad_accum
+    bar = tqdm(total=t.steps, initial=progress["step"], desc="finetune", disable=not main, dynamic_ncols=True)
     model.train()
-    while state["step"] < train_cfg["steps"]:
-        step = state["step"] + 1
+    while progress["step"] < t.steps:
+        step = progress["step"] + 1
         started = time.perf_counter()
-        rows = _batch_rows(step, train_cfg["batch_size"] * world, len(train_chunks), data_cfg["seed"])
+        rows = _batch_rows(step, t.batch_size * world, len(chunks), cfg.data.seed)
         rows = rows[accelerator.process_index::world]  # each process takes its share of the global batch
         loss_sum = torch.zeros((), device=accelerator.device)
-        for k in range(train_cfg["grad_accum"]):
-            x = train_chunks[rows[k * micro:(k + 1) * micro]].to(accelerator.device)
+        for k in range(t.grad_accum):
+            x = chunks[rows[k * micro:(k + 1) * micro]].to(accelerator.device)
             with accelerator.autocast():
-                loss = model(input_ids=x, labels=x).loss / train_cfg["grad_accum"]
+                loss = model(input_ids=x, labels=x).loss / t.grad_accum
             accelerator.backward(loss)
             loss_sum += loss.detach()
         if world > 1:  # log the loss of the global batch, not of process 0's share
             loss_sum = accelerator.reduce(loss_sum, "mean")
-        loss_sum = loss_sum.item()  # one device sync per step, not per micro-batch
-        grad_norm = accelerator.clip_grad_norm_(trainable, optim_cfg["grad_clip"])
+        loss_value = loss_sum.item()  # one device sync per step, not per micro-batch
+        grad_norm = accelerator.clip_grad_norm_(trainable, cfg.optim.grad_clip)
+        lr = sched.get_last_lr()[0]
         optimizer.step()
-        schedule.step()
+        sched.step()
         optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - started
-        state["train_seconds"] += seconds
-        tokens = train_cfg["batch_size"] * world * data_cfg["seq_len"]
-        state["tokens"] += tokens
-        state["step"] = step
-        if not math.isfinite(loss_sum):
-            raise LmlabError(f"the training loss became {loss_sum} at step {step}: lower optim.lr")
-        if main:
-            rundir.append_jsonl(out / rundir.METRICS, {
-                "kind": "train", "step": step, "train_loss": loss_sum, "lr": schedule.get_last_lr()[0],
-                "grad_norm": float(grad_norm), "tokens": state["tokens"], "tokens_per_s": tokens / seconds})
-        progress.update(1)
-        progress.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tokens / seconds:.0f}")
-        if step % train_cfg["eval_every"] == 0 or step == train_cfg["steps"]:
+        tokens = t.batch_size * world * cfg.data.seq_len
+        progress.update(step=step, train_seconds=progress["train_seconds"] + seconds,
+                        tokens=progress["tokens"] + tokens)
+        start_loss = progress["initial"]["valid_loss"] if progress["initial"] else None
+        if diverged(loss_value, start_loss):
+            raise LmlabError(f"the training loss became {loss_value:.4g} at step {step} (validation started at "
+                             f"{start_loss:.4g}): the run diverged; lower optim.lr")
+        metrics.log({"kind": "train", "step": step, "train_loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
+                     "tokens": progress["tokens"], "tokens_per_s": tokens / seconds}, step, prefix="train/")
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens / seconds:.0f}")
+        if step % t.eval_every == 0 or step == t.steps:
             model.eval()
             row = evaluate(step)
             model.train()
-            improved = row["valid_loss"] < state["best_loss"]
-            if improved:
-                state.update(best_loss=row["valid_loss"], best_step=step, bad_evals=0)
-                _save_best(accelerator, model, tokenizer, out, lora_cfg["enabled"])
-            else:
-                state["bad_evals"] += 1
-            if main:
-                rundir.append_jsonl(out / rundir.METRICS, row)
-                _checkpoint(out / rundir.LAST, accelerator.unwrap_model(model), optimizer, schedule, state)
-            accelerator.print(f"step {step}: valid ppl {row['valid_ppl']:.3f}"
-                              + (f", general ppl {row['general_ppl']:.3f}" if "general_ppl" in row else "")
-                              + (" (best)" if improved else ""))
-            if train_cfg["patience"] and state["bad_evals"] >= train_cfg["patience"]:
-                stopped_early = True
-                break
-    progress.close()
-    accelerator.wait_for_everyone()
+            improved = best.update(row["valid_loss"], step)
+            if improved and main:
+                # for a peft model, save_pretrained writes the adapter only
+                registry.save(accelerator.unwrap_model(model), tokenizer,
+                              out / (ADAPTER_DIR if cfg.lora.enabled else MODEL_DIR))
+            if main:  # the checkpoint first: a metrics row always has a checkpoint behind it
+                _checkpoint(out / rundir.LAST, accelerator.unwrap_model(model), optimizer, sched,
+                            dict(progress, best=best.state_dict()))
+                metrics.log(row, step, prefix="eval/")
+            log.info("step %d: valid ppl %.3f%s%s", step, row["valid_ppl"], _general(row), " (best)" if improved else "")
+            if best.should_stop:
+                bar.close()
+                return True
+    bar.close()
+    return False
 
-    # --- the result: best weights as a plain from_pretrained directory --------------------------------------
-    if main and lora_cfg["enabled"]:
-        _merge_adapter(cfg["model"]["name"], out)
-    initial = state.get("initial") or rundir.read_jsonl(out / rundir.METRICS)[0]
-    final = {
-        "config": cfg, "model": cfg["model"]["name"], "mode": "lora" if lora_cfg["enabled"] else "full",
-        "params_total": total_params, "params_trainable": trainable_params,
-        "train_docs": len(train_docs), "train_chunks": len(train_chunks),
-        "train_tokens_available": int(train_chunks.numel()), "tokens_trained": state["tokens"],
-        "epochs": state["tokens"] / max(1, train_chunks.numel()),
-        "steps": state["step"], "stopped_early": stopped_early,
-        "train_seconds": state["train_seconds"], "train_tokens_per_s": state["tokens"] / max(state["train_seconds"], 1e-9),
-        "best_step": state["best_step"], "best_valid_loss": state["best_loss"],
-        "best_valid_ppl": math.exp(state["best_loss"]),
-        "initial_valid_ppl": initial["valid_ppl"], "initial_general_ppl": initial.get("general_ppl"),
-        "model_dir": str(out / MODEL_DIR), "device": str(accelerator.device), "processes": world,
-        "threads": torch.get_num_threads(),
-    }
-    if main:
-        rows = rundir.read_jsonl(out / rundir.METRICS)
-        best_eval = next((r for r in rows if r["kind"] == "eval" and r["step"] == state["best_step"]), None)
-        final["best_general_ppl"] = best_eval.get("general_ppl") if best_eval else None
-        rundir.write_json(out / rundir.FINAL, final)
-        plot_finetune_curves(rows, out / rundir.CURVES,
-                             f"{final['model']} {final['mode']} fine-tune on {data_cfg['dataset']}")
-        (out / rundir.LAST).unlink(missing_ok=True)  # the run is finished; the resume state is 1-2 GB
-        accelerator.print(f"best valid ppl {final['best_valid_ppl']:.3f} at step {state['best_step']} "
-                          f"(from {final['initial_valid_ppl']:.3f}); {final['train_tokens_per_s']:.0f} tokens/s; "
-                          f"model in {out / MODEL_DIR}")
+
+def _finish(cfg, out, accelerator, progress, best, stopped_early, total_params, trainable_params, data):
+    if accelerator.is_main_process and cfg.lora.enabled:
+        _merge_adapter(cfg.model.name, out)
+    initial = progress["initial"] or rundir.read_jsonl(out / rundir.METRICS)[0]
+    rows = rundir.read_jsonl(out / rundir.METRICS)
+    best_eval = next((r for r in rows if r["kind"] == "eval" and r["step"] == best.at), None)
+    final = results.FinetuneFinal(
+        config=to_dict(cfg), model=cfg.model.name, mode="lora" if cfg.lora.enabled else "full",
+        params_total=total_params, params_trainable=trainable_params, train_docs=data["train_docs"],
+        train_chunks=len(data["train"]), train_tokens_available=int(data["train"].numel()),
+        tokens_trained=progress["tokens"], epochs=progress["tokens"] / max(1, data["train"].numel()),
+        steps=progress["step"], stopped_early=stopped_early, train_seconds=progress["train_seconds"],
+        train_tokens_per_s=progress["tokens"] / max(progress["train_seconds"], 1e-9), best_step=best.at,
+        best_valid_loss=best.loss, best_valid_ppl=math.exp(best.loss), initial_valid_ppl=initial["valid_ppl"],
+        initial_general_ppl=initial.get("general_ppl"), model_dir=str(out / MODEL_DIR),
+        device=str(accelerator.device), processes=accelerator.num_processes, threads=torch.get_num_threads(),
+        best_general_ppl=best_eval.get("general_ppl") if best_eval else None)
+    if accelerator.is_main_process:
+        results.write(out / rundir.FINAL, final)
+        plot_finetune_curves(rows, out / rundir.CURVES, f"{final.model} {final.mode} fine-tune on {cfg.data.dataset}")
+        rundir.remove(out / rundir.LAST)  # the run is finished; the resume state is 1-2 GB
+        log.info("best valid ppl %.3f at step %d (from %.3f); %.0f tokens/s; model in %s", final.best_valid_ppl,
+                 best.at, final.initial_valid_ppl, final.train_tokens_per_s, out / MODEL_DIR)
     return final
 
 
-# --- helpers ------------------------------------------------------------------------------------------------
-
-def _prepare_run_dir(out: Path, cfg: dict, resume: bool, main: bool) -> None:
-    if (out / rundir.FINAL).is_file() and not resume:
-        raise LmlabError(f"{out} already holds a finished fine-tune: choose another --out or remove it")
-    if (out / rundir.CONFIG).is_file():
-        if not resume:
-            raise LmlabError(f"{out} holds an unfinished fine-tune: add --resume to continue it, or remove it")
-        old = rundir.read_json(out / rundir.CONFIG)
-        changed = config_differences(old, cfg) - RESUMABLE_KEYS
-        if changed:
-            raise LmlabError(f"cannot resume {out}: its config differs in {', '.join('.'.join(k) for k in sorted(changed))}")
-    elif resume and main:
-        print(f"lmlab: nothing to resume in {out}; starting a new run", flush=True)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-
-
-def _with_lora(model, lora_cfg: dict):
-    from peft import LoraConfig, get_peft_model
-
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [m for m in lora_cfg["target_modules"] if m not in names]
-    if missing:
-        raise LmlabError(f"lora.target_modules {missing} are not modules of this model: choose from "
-                         f"{sorted(n for n in names if n.endswith(('proj', 'attn', 'fc', 'c_fc', 'c_proj')))}")
-    config = LoraConfig(r=lora_cfg["r"], lora_alpha=lora_cfg["alpha"], lora_dropout=lora_cfg["dropout"],
-                        target_modules=list(lora_cfg["target_modules"]), task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
-
-
-def _general_chunks(train_cfg: dict, tokenizer, seq_len: int):
-    if not train_cfg["general_corpus"]:
-        return None
-    # enough characters for the chunks asked for (about 4 characters a token), cut at a line boundary
-    text = head(load_eval_text(train_cfg["general_corpus"]).text, 6 * seq_len * train_cfg["general_chunks"])
-    return pack([Document("general", text)], tokenizer, seq_len)[: train_cfg["general_chunks"]]
-
-
-def _warmup_cosine(total: int, warmup: int, floor: float):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
+def _general(row: dict) -> str:
+    return f", general ppl {row['general_ppl']:.3f}" if "general_ppl" in row else ""
 
 
 def _batch_rows(step: int, batch: int, n: int, seed: int) -> torch.Tensor:
@@ -278,13 +246,6 @@ def _mean_loss(model, chunks: torch.Tensor, accelerator, micro: int = 4) -> floa
     return total / len(chunks)
 
 
-def _save_best(accelerator, model, tokenizer, out: Path, lora: bool) -> None:
-    if not accelerator.is_main_process:
-        return
-    # for a peft model, save_pretrained writes the adapter only
-    registry.save(accelerator.unwrap_model(model), tokenizer, out / (ADAPTER_DIR if lora else MODEL_DIR))
-
-
 def _merge_adapter(base_name: str, out: Path) -> None:
     """Base model + best adapter, merged: a plain directory that ``from_pretrained`` loads without peft."""
     from peft import PeftModel
@@ -293,20 +254,14 @@ def _merge_adapter(base_name: str, out: Path) -> None:
     registry.save(PeftModel.from_pretrained(base, out / ADAPTER_DIR).merge_and_unload(), tokenizer, out / MODEL_DIR)
 
 
-def _checkpoint(path: Path, model, optimizer, schedule, state: dict) -> None:
+def _checkpoint(path: Path, model, optimizer, sched, progress: dict) -> None:
+    """Only the weights training changes (all of them, or a LoRA model's adapters) go into the resume state."""
     trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    rundir.save_checkpoint(path, {"model": trainable, "optimizer": optimizer.state_dict(),
-                                  "schedule": schedule.state_dict(), "state": state,
-                                  "rng": torch.get_rng_state()})
+    checkpoint.save(path, trainable, optimizer, sched, progress)
 
 
-def _restore(path: Path, model, optimizer, schedule) -> dict:
-    ckpt = rundir.load_checkpoint(path)
-    missing = set(ckpt["model"]) - {n for n, _ in model.named_parameters()}
+def _load_trainable(model, weights: dict, path: Path) -> None:
+    missing = set(weights) - {n for n, _ in model.named_parameters()}
     if missing:
         raise LmlabError(f"{path} does not match this model ({len(missing)} unknown weights): remove it to start over")
-    model.load_state_dict(ckpt["model"], strict=False)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    schedule.load_state_dict(ckpt["schedule"])
-    torch.set_rng_state(ckpt["rng"])
-    return ckpt["state"]
+    model.load_state_dict(weights, strict=False)

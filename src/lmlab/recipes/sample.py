@@ -3,36 +3,42 @@
 Steps: load runs -> normalise each prompt to the training conventions (unknown words become <unk>, with a
 warning naming them) -> generate for each (model, prompt, strategy, seed) -> statistics of each continuation
 (distinct-n, repetition, <unk> rate, sentence length) and its fluency: the perplexity of the continuation
-under a judge model that did not generate it -> side-by-side text, a summary per model and strategy, JSON.
+under a judge model that did not generate it -> every sample and a summary per model and strategy (the CLI
+prints them side by side, or as JSON).
 """
 
 from __future__ import annotations
 
-import json
-import sys
+import logging
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
 from lmlab.data.batching import lm_pairs
-from lmlab import rundir
 from lmlab.data.normalize import split_sentences, tokenize
 from lmlab.data.vocab import EOS
+from lmlab.errors import LmlabError
+from lmlab.families import PRETRAINED
 from lmlab.generation import SamplingSettings, generate
 from lmlab.metrics.perplexity import perplexity
 from lmlab.metrics.text_stats import text_statistics
-from lmlab.report.tables import side_by_side, summary_table
-from lmlab.scoring import token_nlls
-from lmlab.trained import TrainedModel, load_trained
+from lmlab.trained import TrainedModel, is_run, load_trained
+from lmlab.training import rundir
+
+log = logging.getLogger("lmlab")
 
 STAT_KEYS = ("distinct_1", "distinct_2", "distinct_3", "repeated_4gram_rate", "longest_repeated_span", "unk_rate",
              "mean_sentence_length", "fluency_ppl")
 
 
 def run(run_dirs: list[Path], prompts: list[str], settings: list[SamplingSettings], seed: int = 0,
-        samples: int = 1, judge: Path | None = None, as_json: bool = False, out: Path | None = None) -> dict:
-    # Generation always uses the scratch implementation: same weights, and it has the key/value cache.
+        samples: int = 1, judge: Path | None = None, out: Path | None = None) -> dict:
+    """Every sample with its statistics (``samples``) and their means per model and strategy (``summary``)."""
+    if samples < 1:
+        raise LmlabError(f"--samples {samples} is not allowed: give at least 1")
+    # Decide locally what each name is before loading anything (a run directory, or a pretrained model).
     pretrained_specs = [d for d in run_dirs if _is_pretrained(d)]
+    # Generation always uses the scratch implementation: same weights, and it has the key/value cache.
     models = [load_trained(d, impl="scratch") for d in run_dirs if d not in pretrained_specs]
     pretrained = [_load_pretrained(str(d)) for d in pretrained_specs]
     judges = _judges(models, load_trained(judge) if judge else None)
@@ -52,14 +58,9 @@ def run(run_dirs: list[Path], prompts: list[str], settings: list[SamplingSetting
                     row["stats"]["fluency_ppl"], row["judge"] = _fluency(judges.get(model.name), prompt_words, words)
                     rows.append(row)
     result = {"samples": rows, "summary": summarise(rows)}
-    if as_json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(side_by_side(rows))
-        print(summary_table(result["summary"]))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        rundir.write_json(Path(out), result)
     return result
 
 
@@ -69,16 +70,24 @@ def _seeds(s: SamplingSettings, seed: int, samples: int) -> list[int]:
 
 
 def _is_pretrained(spec) -> bool:
-    """A PTB run directory has final.json and vocab.txt; anything else names a pretrained model
-    (save_pretrained directory, packaged name, .gguf, hub id)."""
+    """A finished PTB run has final.json and vocab.txt; a pretrained model is a packaged name, a .gguf file, a
+    save_pretrained directory, or a hub id (``owner/name``). Anything else is a run directory that is missing
+    or unfinished, reported at once by load_trained rather than looked up on the hub."""
+    from lmlab.pretrained.registry import PACKAGED
+
     path = Path(spec)
-    if (path / rundir.FINAL).is_file() and (path / rundir.VOCAB).is_file():
+    if is_run(path):
         return False
-    return (path / "config.json").is_file() or not path.exists() and "/" not in str(spec) or path.suffix == ".gguf"
+    if str(spec) in PACKAGED or path.suffix == ".gguf":
+        return True
+    if path.is_dir():
+        looks_like_run = (path / rundir.VOCAB).is_file() or (path / rundir.METRICS).is_file()
+        return (path / "config.json").is_file() and not looks_like_run
+    return not path.exists() and str(spec).count("/") == 1 and not str(spec).startswith((".", "/", "~"))
 
 
 def _load_pretrained(spec: str):
-    from lmlab.hf import registry
+    from lmlab.pretrained import registry
 
     model, tokenizer = registry.load(spec)
     return Path(spec).name if Path(spec).exists() else spec, model.eval(), tokenizer
@@ -87,13 +96,13 @@ def _load_pretrained(spec: str):
 def _pretrained_rows(name, model, tokenizer, prompt, settings, seed, samples) -> list[dict]:
     """Same sampling code as the word-level models; statistics on the continuation split into words and
     sentences by PTB's conventions, so the numbers compare with theirs (no fluency judge: another tokenizer)."""
-    from lmlab.hf.domain_data import encode, start_ids
+    from lmlab.pretrained.domain_data import encode, start_ids
 
     rows = []
     prompt_ids = start_ids(tokenizer) + encode(tokenizer, prompt)
     for s in settings:
         for sd in _seeds(s, seed, samples):
-            text = tokenizer.decode(generate(model, "pretrained", prompt_ids, s, seed=sd), skip_special_tokens=True)
+            text = tokenizer.decode(generate(model, PRETRAINED, prompt_ids, s, seed=sd), skip_special_tokens=True)
             words = [w for sentence in split_sentences(text) for w in [*tokenize(sentence), EOS]]
             rows.append({"model": name, "prompt": prompt, "strategy": s.label, "seed": sd, "settings": asdict(s),
                          "text": " ".join(text.split()), "stats": dict(text_statistics(words), fluency_ppl=None),
@@ -105,8 +114,8 @@ def prompt_tokens(prompt: str, model: TrainedModel) -> list[str]:
     words = tokenize(prompt)
     unknown = sorted({w for w in words if w not in model.vocab})
     if unknown:
-        print(f"lmlab: warning: {model.name}: prompt words outside the vocabulary become <unk>: {', '.join(unknown)}",
-              file=sys.stderr)
+        log.warning("lmlab: warning: %s: prompt words outside the vocabulary become <unk>: %s", model.name,
+                    ", ".join(unknown))
     return words
 
 
@@ -118,7 +127,7 @@ def _judges(models: list[TrainedModel], judge: TrainedModel | None) -> dict[str,
     for m in models:
         others = [o for o in models if o is not m]
         if others:
-            out[m.name] = min(others, key=lambda o: o.final["valid_ppl"])
+            out[m.name] = min(others, key=lambda o: o.final.valid_ppl)
     return out
 
 
@@ -126,7 +135,7 @@ def _fluency(judge: TrainedModel | None, prompt_words: list[str], words: list[st
     if judge is None or not words:
         return None, None
     ids = judge.vocab.encode([*prompt_words, *words])
-    nlls = token_nlls(judge.model, judge.family, *lm_pairs(ids, judge.vocab.eos_id), **judge.score_settings())
+    nlls = judge.token_nlls(*lm_pairs(ids, judge.vocab.eos_id))
     return perplexity(float(nlls[-len(words):].sum()), len(words)), judge.name
 
 

@@ -1,44 +1,36 @@
-"""lmlab run: the study pipeline. It only calls the other recipes.
+"""lmlab run: the study pipeline. It only calls the other recipes, through one step runner.
 
-Steps: ``train`` (RNN, LSTM and Transformer on PTB with one preset) -> ``eval`` (every model on the
+Steps: ``train`` (each PTB architecture of the study config with one preset) -> ``eval`` (every model on the
 study's corpora, with the cross-domain comparison) -> ``sample`` (the same prompts to every model) ->
-``finetune`` (the pretrained model on the domain corpus, full and LoRA, and the data-size experiment) ->
-``ft-eval`` (the same harness before and after) -> ``dpo`` (each pair source, from the full fine-tune) ->
-``report`` (report.md and a self-contained report.html built from the files above).
-A step whose outputs exist with the same config is skipped; an interrupted training resumes from last.pt
-(PTB models and fine-tunes); an interrupted DPO run starts over.
+``finetune`` (the pretrained model on the domain corpus in each mode, and the data-size experiment) ->
+``ft-eval`` (the same harness before and after) -> ``dpo`` (each pair source, from the chosen start) ->
+``report`` (report.md and a self-contained report.html built from the result files).
 
-Layout of the study directory::
-
-    ptb/{rnn,lstm,transformer}/   training runs (see lmlab.recipes.train)
-    ptb_table.md                  the perplexity table
-    cross_domain/                 cross_domain.json (one object per run x corpus), .md, .csv, .png
-    samples.json                  every sample with its statistics, and the summary per model and strategy
-    finetune/{full,lora}/         fine-tuning runs (lmlab.recipes.finetune) with before.json / after.json (ft-eval)
-    finetune/sizes/docsN/         the data-size experiment: full fine-tunes on N training documents
-    dpo/{general,pubmedqa}/       DPO runs (lmlab.recipes.dpo) with before.json / after.json
-    report.md, report.html        the report
+One rule decides what a step does (:class:`Steps`): a unit whose result file exists and was made with the same
+config (up to runtime keys) is done and skipped; a run directory with resume state (last.pt) resumes; anything
+else starts over. Paths come from :class:`lmlab.results.StudyLayout`; the whole run is logged to study.log.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import shutil
-import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
-from lmlab import rundir
-from lmlab.config import PRESETS, RUNTIME_KEYS, apply_overrides, config_differences, load_preset, load_study
+from lmlab import results
+from lmlab.config import PRESETS, StudyConfig, changed_keys, load_study, to_dict
 from lmlab.errors import LmlabError
 from lmlab.generation import SamplingSettings
-from lmlab.models import FAMILIES
 from lmlab.recipes import dpo, evaluate, finetune, ft_eval, sample, train
+from lmlab.report.comparison import write_comparison
 from lmlab.report.document import write_report
 from lmlab.report.tables import finetune_table, perplexity_table
+from lmlab.training import rundir
 
-MODELS = tuple(FAMILIES)  # rnn, lstm, transformer
+log = logging.getLogger("lmlab")
 STEPS = ("train", "eval", "sample", "finetune", "ft-eval", "dpo", "report")
 
 
@@ -50,178 +42,173 @@ def run(preset: str, out: Path, only: list[str] | None = None, skip: list[str] |
         if step not in STEPS:
             raise LmlabError(f"unknown step '{step}': choose from {', '.join(STEPS)}")
     steps = [s for s in STEPS if (not only or s in only) and s not in (skip or [])]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with _logged(out / "study.log"):
-        print(f"[study] {time.strftime('%Y-%m-%d %H:%M:%S')} preset {preset}, steps {' '.join(steps)}", flush=True)
-        _run_steps(preset, out, steps, overrides)
+    study = load_study(preset, list(overrides))
+    layout = results.StudyLayout(out)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with _logged(layout.log):
+        log.info("[study] %s preset %s, steps %s", time.strftime("%Y-%m-%d %H:%M:%S"), preset, " ".join(steps))
+        runner = Steps(layout)
+        for step in steps:
+            STEP_FUNCTIONS[step](runner, study, preset)
 
 
-def _run_steps(preset: str, out: Path, steps: list[str], overrides: list[str]) -> None:
-    study = apply_overrides(load_study(preset), list(overrides))
-    run_dirs = [out / "ptb" / m for m in MODELS]
-    if "train" in steps:
-        train_all(preset, out)
-    if "eval" in steps:
-        _once("eval", out / "cross_domain" / "step.json", study["eval"], lambda: cross_domain(run_dirs, study["eval"], out))
-    if "sample" in steps:
-        _once("sample", out / "samples.step.json", study["sample"], lambda: samples(run_dirs, study["sample"], out))
-    if "finetune" in steps:
-        finetune_all(preset, study["finetune"], out / "finetune")
-    if "ft-eval" in steps:
-        evaluate_finetunes(preset, study["finetune"], out / "finetune")
-    if "dpo" in steps:
-        align(preset, study, out)
-    if "report" in steps:  # cheap, and it must reflect whatever the other steps left: always rebuilt
-        md_path, html_path = write_report(out, preset)
-        print(f"[report] {md_path} and {html_path}")
+class Steps:
+    """The one skip/resume rule of the study: a unit is done when its result exists and records the config that
+    is asked for now (up to the keys the schema marks runtime); otherwise it runs, resuming from last.pt where
+    its run directory holds one. Three kinds of unit apply it: a run directory (config.json), a step without
+    one (its record under steps/), an ft-eval result (the settings and model it holds)."""
+
+    def __init__(self, layout: results.StudyLayout):
+        self.layout = layout
+
+    def _done(self, name: str, where: Path, recorded: dict | None, cfg) -> bool:
+        if recorded is None:
+            return False
+        changed = (changed_keys(recorded, cfg, shared_only=True) if not isinstance(cfg, dict)
+                   else sorted(k for k in set(recorded) | set(cfg) if recorded.get(k) != cfg.get(k)))
+        if changed:
+            raise LmlabError(f"{where} holds a result made with another config ({', '.join(changed)}): remove it "
+                             "or use another --out")
+        log.info("[%s] done already: %s", name, where)
+        return True
+
+    def run_dir(self, name: str, run_dir: Path, cfg, result: str, start: Callable[[bool], Any],
+                resumable: bool = True) -> None:
+        """A unit that owns a run directory; its result file is ``run_dir/result``."""
+        recorded = rundir.read_json(run_dir / rundir.CONFIG) if (run_dir / result).is_file() else None
+        if self._done(name, run_dir / result, recorded, cfg):
+            return
+        resume = resumable and (run_dir / rundir.LAST).is_file()
+        if not resume and run_dir.exists():
+            shutil.rmtree(run_dir)  # an interrupted run without resume state starts over
+        log.info("[%s] %s in %s", name, "resuming" if resume else "starting", run_dir)
+        start(resume)
+
+    def record(self, name: str, cfg: dict, work: Callable[[], None]) -> None:
+        """A unit without a run directory (eval, sample): its record holds the config it ran."""
+        marker = self.layout.step_record(name)
+        recorded = rundir.read_json(marker) if marker.is_file() else None
+        if recorded is not None and recorded != cfg:
+            recorded = None  # eval and sample are cheap: a changed config reruns them
+        if self._done(name, marker, recorded, cfg):
+            return
+        work()
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        rundir.write_json(marker, cfg)
+
+    def evaluation(self, name: str, path: Path, model: str, settings, work: Callable[[], results.ModelEvaluation]):
+        """An ft-eval result, which records the settings and the model it was made with."""
+        existing = results.read_if_present(path, results.ModelEvaluation)
+        recorded = {"settings": existing.settings, "model": existing.model} if existing else None
+        wanted = {"settings": to_dict(settings), "model": model}
+        if recorded != wanted:
+            recorded = None  # another model or settings: evaluate again
+        if self._done(name, path, recorded, wanted):
+            return existing
+        log.info("[%s] %s", name, model)
+        evaluated = work()
+        results.write(path, evaluated)
+        return evaluated
 
 
-def train_all(preset: str, out: Path) -> dict[str, dict]:
-    finals = {}
-    for model in MODELS:
-        run_dir = out / "ptb" / model
-        final_path = run_dir / rundir.FINAL
-        expected = dict(load_preset(model, preset), preset=preset)
-        if final_path.is_file():
-            final = rundir.read_json(final_path)
-            # runs recorded before a preset gained a key ran with that key's old behaviour: compare shared keys
-            _require_same_config(run_dir, final["config"], expected, RUNTIME_KEYS, f"a {model} run", shared_only=True)
-            print(f"[train {model}] done already: {final_path}")
-        else:
-            resume = (run_dir / rundir.LAST).is_file()
-            print(f"[train {model}] {'resuming' if resume else 'training'} ({preset} preset) in {run_dir}", flush=True)
-            final = train.run(model, preset, run_dir, resume=resume)
-        finals[model] = final
+def train_step(runner: Steps, study: StudyConfig, preset: str) -> None:
+    layout = runner.layout
+    for arch in study.train.models:
+        cfg = train.configure(arch, preset)
+        run_dir = layout.ptb_run(arch)
+        runner.run_dir(f"train {arch}", run_dir, cfg, rundir.FINAL, lambda resume: train.run(cfg, run_dir, resume))
+    finals = {arch: results.read(layout.ptb_run(arch) / rundir.FINAL, results.TrainFinal) for arch in study.train.models}
     table = perplexity_table(finals)
-    (out / "ptb_table.md").write_text(table + "\n", encoding="utf-8")
-    print("\nPenn Treebank, word-level perplexity (10k vocabulary; <eos> counted; best-validation checkpoint)\n")
-    print(table)
-    return finals
+    layout.ptb_table.write_text(table + "\n", encoding="utf-8")
+    log.info("\nPenn Treebank, word-level perplexity (10k vocabulary; <eos> counted; best-validation checkpoint)\n\n%s",
+             table)
 
 
-def cross_domain(run_dirs: list[Path], cfg: dict, out: Path) -> None:
-    print(f"[eval] {', '.join(cfg['corpora'])}", flush=True)
-    results = evaluate.run(run_dirs, cfg["corpora"], compare=out / "cross_domain")
-    rundir.write_json(out / "cross_domain" / "cross_domain.json", results)
+def eval_step(runner: Steps, study: StudyConfig, preset: str) -> None:
+    layout, cfg = runner.layout, study.eval
+
+    def work():
+        log.info("[eval] %s", ", ".join(cfg.corpora))
+        rows = evaluate.run([layout.ptb_run(a) for a in study.train.models], cfg.corpora)
+        layout.cross_domain.mkdir(parents=True, exist_ok=True)
+        rundir.write_json(layout.cross_domain / "cross_domain.json", rows)
+        summary = write_comparison(rows, layout.cross_domain)
+        log.info("comparison written to %s; degrades least: %s, most: %s", layout.cross_domain,
+                 summary.get("degrades_least"), summary.get("degrades_most"))
+
+    runner.record("eval", dict(to_dict(cfg), models=study.train.models), work)
 
 
-def samples(run_dirs: list[Path], cfg: dict, out: Path) -> None:
-    print(f"[sample] {len(cfg['prompts'])} prompts x {len(cfg['strategies'])} strategies", flush=True)
-    settings = [SamplingSettings(**s, max_tokens=cfg["max_tokens"]) for s in cfg["strategies"]]
-    sample.run(run_dirs, cfg["prompts"], settings, seed=cfg["seed"], samples=cfg["samples"], out=out / "samples.json")
+def sample_step(runner: Steps, study: StudyConfig, preset: str) -> None:
+    layout, cfg = runner.layout, study.sample
+
+    def work():
+        log.info("[sample] %d prompts x %d strategies", len(cfg.prompts), len(cfg.strategies))
+        settings = [SamplingSettings(**s, max_tokens=cfg.max_tokens) for s in cfg.strategies]
+        sample.run([layout.ptb_run(a) for a in study.train.models], cfg.prompts, settings, seed=cfg.seed,
+                   samples=cfg.samples, out=layout.samples)
+
+    runner.record("sample", dict(to_dict(cfg), models=study.train.models), work)
 
 
-def finetune_all(preset: str, cfg: dict, out: Path) -> None:
-    """Full and LoRA fine-tunes, then the data-size experiment (full fine-tunes on N training documents)."""
-    for mode in cfg["modes"]:
-        _finetune_once(f"finetune {mode}", out / mode,
-                       finetune.configure(cfg["model"], cfg["dataset"], preset, lora=mode == "lora"))
-    sizes = cfg["sizes"]
-    for docs in sizes["train_docs"]:
-        _finetune_once(f"finetune {docs} docs", out / "sizes" / f"docs{docs}",
-                       finetune.configure(cfg["model"], cfg["dataset"], preset,
-                                          [*sizes["overrides"], f"data.train_docs={docs}"]))
+def finetune_step(runner: Steps, study: StudyConfig, preset: str) -> None:
+    """Each mode's fine-tune, then the data-size experiment (full fine-tunes on N training documents)."""
+    layout, f = runner.layout, study.finetune
+    units = [(f"finetune {mode}", layout.finetune_run(mode),
+              finetune.configure(f.model, f.dataset, preset, lora=mode == "lora")) for mode in f.modes]
+    units += [(f"finetune {docs} docs", layout.size_run(docs),
+               finetune.configure(f.model, f.dataset, preset, [*f.sizes.overrides, f"data.train_docs={docs}"]))
+              for docs in f.sizes.train_docs]
+    for name, run_dir, cfg in units:
+        runner.run_dir(name, run_dir, cfg, rundir.FINAL,
+                       lambda resume, run_dir=run_dir, cfg=cfg: finetune.run(cfg, run_dir, resume))
 
 
-def _finetune_once(name: str, run_dir: Path, cfg: dict) -> None:
-    final_path = run_dir / rundir.FINAL
-    if final_path.is_file():
-        _require_same_config(run_dir, rundir.read_json(final_path)["config"], cfg, finetune.RESUMABLE_KEYS, "a fine-tune")
-        print(f"[{name}] done already: {final_path}")
-        return
-    resume = (run_dir / rundir.CONFIG).is_file()
-    print(f"[{name}] {'resuming' if resume else 'training'} in {run_dir}", flush=True)
-    finetune.run(cfg, run_dir, resume=resume)
-
-
-def evaluate_finetunes(preset: str, cfg: dict, out: Path) -> None:
-    """ft-eval of the pretrained model (before.json, shared by every mode) and of each fine-tune (after.json)."""
-    eval_cfg = ft_eval.configure(preset)
-    base = out / "base.json"
-    if not base.is_file() or _stale(rundir.read_json(base), eval_cfg, cfg["model"]):
-        print(f"[ft-eval] {cfg['model']} (before)", flush=True)
-        rundir.write_json(base, ft_eval.evaluate_model(cfg["model"], eval_cfg))
-    results = {"before": rundir.read_json(base)}
-    for mode in cfg["modes"]:
-        run_dir = out / mode
-        after = run_dir / "after.json"
+def ft_eval_step(runner: Steps, study: StudyConfig, preset: str) -> None:
+    """ft-eval of the pretrained model (shared by every mode) and of each mode's fine-tune."""
+    layout, f = runner.layout, study.finetune
+    cfg = ft_eval.configure(preset)
+    evaluated = {"before": runner.evaluation("ft-eval before", layout.base_evaluation, f.model, cfg,
+                                             lambda: ft_eval.evaluate_model(f.model, cfg))}
+    for mode in f.modes:
+        run_dir = layout.finetune_run(mode)
         if not (run_dir / rundir.FINAL).is_file():
             raise LmlabError(f"{run_dir} has no finished fine-tune: run the finetune step first")
-        if not after.is_file() or _stale(rundir.read_json(after), eval_cfg, str(run_dir / finetune.MODEL_DIR)):
-            print(f"[ft-eval] {mode} fine-tune (after)", flush=True)
-            rundir.write_json(after, ft_eval.evaluate_model(str(run_dir / finetune.MODEL_DIR), eval_cfg))
-        else:
-            print(f"[ft-eval {mode}] done already")
-        rundir.write_json(run_dir / "before.json", results["before"])
-        results[mode] = rundir.read_json(after)
-    (out / "comparison.md").write_text(finetune_table(results) + "\n", encoding="utf-8")
+        model = str(run_dir / results.MODEL_DIR)
+        evaluated[mode] = runner.evaluation(f"ft-eval {mode}", run_dir / results.AFTER, model, cfg,
+                                            lambda model=model: ft_eval.evaluate_model(model, cfg))
+        results.write(run_dir / results.BEFORE, evaluated["before"])
+    (layout.finetune / "comparison.md").write_text(finetune_table(evaluated) + "\n", encoding="utf-8")
 
 
-def _require_same_config(run_dir: Path, recorded: dict, expected: dict, ignored: set, what: str,
-                         shared_only: bool = False) -> None:
-    """A finished run is reused only if it ran this config (up to keys that do not change the result)."""
-    if config_differences(recorded, expected, shared_only=shared_only) - ignored:
-        raise LmlabError(f"{run_dir} holds {what} with another config: remove it or use another --out")
+def dpo_step(runner: Steps, study: StudyConfig, preset: str) -> None:
+    """DPO from the chosen start, once per pair source; DPO does not resume (an interrupted run restarts)."""
+    layout, d = runner.layout, study.dpo
+    start = study.finetune.model if d.start == "base" else str(layout.finetune_run(d.start) / results.MODEL_DIR)
+    for source in d.sources:
+        cfg, run_dir = dpo.configure(start, source, preset), layout.dpo_run(source)
+        runner.run_dir(f"dpo {source}", run_dir, cfg, results.AFTER, lambda _, cfg=cfg, run_dir=run_dir:
+                       dpo.run(cfg, run_dir), resumable=False)
 
 
-def _stale(result: dict, eval_cfg: dict, model: str) -> bool:
-    return result.get("settings") != eval_cfg or result.get("model") != model
+def report_step(runner: Steps, study: StudyConfig, preset: str) -> None:
+    """Cheap, and it must reflect whatever the other steps left: always rebuilt."""
+    md_path, html_path = write_report(runner.layout, study, preset)
+    log.info("[report] %s and %s", md_path, html_path)
 
 
-def align(preset: str, study: dict, out: Path) -> None:
-    """DPO from the chosen starting model, once per pair source; a run without after.json starts over."""
-    cfg = study["dpo"]
-    start = study["finetune"]["model"] if cfg["start"] == "base" else str(out / "finetune" / cfg["start"] / finetune.MODEL_DIR)
-    for source in cfg["sources"]:
-        run_dir = out / "dpo" / source.replace(":", "_").replace("/", "_")
-        dpo_cfg = dpo.configure(start, source, preset)
-        if (run_dir / "after.json").is_file():
-            _require_same_config(run_dir, rundir.read_json(run_dir / rundir.CONFIG), dpo_cfg, {("train", "threads")},
-                                 "a DPO run")
-            print(f"[dpo {source}] done already")
-            continue
-        if run_dir.exists():
-            shutil.rmtree(run_dir)  # DPO does not resume: an interrupted run starts over
-        print(f"[dpo {source}] from {start}", flush=True)
-        dpo.run(dpo_cfg, run_dir)
-
-
-class _Tee:
-    """A stream that writes to the terminal and to the study log."""
-
-    def __init__(self, stream, log):
-        self.stream, self.log = stream, log
-
-    def write(self, text):
-        self.log.write(text)
-        return self.stream.write(text)
-
-    def flush(self):
-        self.log.flush()
-        self.stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
+STEP_FUNCTIONS = {"train": train_step, "eval": eval_step, "sample": sample_step, "finetune": finetune_step,
+                  "ft-eval": ft_eval_step, "dpo": dpo_step, "report": report_step}
 
 
 @contextlib.contextmanager
 def _logged(path: Path):
-    """Everything the study prints (progress bars included) also goes to ``path``, appended run after run."""
-    with path.open("a", encoding="utf-8") as log:
-        out, err = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
-        try:
-            yield
-        finally:
-            sys.stdout, sys.stderr = out, err
-
-
-def _once(name: str, marker: Path, cfg: dict, step) -> None:
-    """Run ``step`` unless ``marker`` records that it already finished with this exact config."""
-    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == cfg:
-        print(f"[{name}] done already")
-        return
-    step()
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    rundir.write_json(marker, cfg)
+    """Everything the study logs also goes to ``path``, appended run after run."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()

@@ -1,6 +1,7 @@
 """The study report: Markdown built only from files the study wrote, and a self-contained HTML copy.
 
-Every number comes from a JSON file of the study directory; the analysis sentences are generated from them.
+Every number comes from a result file of the study directory, read through lmlab.results; which models,
+modes and sources it covers follows the study config; the analysis sentences are generated from the numbers.
 """
 
 from __future__ import annotations
@@ -14,15 +15,24 @@ from pathlib import Path
 import markdown
 import torch
 
-from lmlab import rundir
-from lmlab.models import FAMILIES
-from lmlab.report.pretrained import analysis_lines, dpo_section, finetune_section
+from lmlab import results
+from lmlab.config import StudyConfig
+from lmlab.report.pretrained import (
+    analysis_lines,
+    dpo_results,
+    dpo_section,
+    finetune_results,
+    finetune_section,
+)
 from lmlab.report.tables import perplexity_table, side_by_side, summary_table
+from lmlab.results import StudyLayout
+from lmlab.training import rundir
 
 
-def build_markdown(study: Path, preset: str) -> str:
-    finals = {m: rundir.read_json(study / "ptb" / m / rundir.FINAL) for m in FAMILIES
-              if (study / "ptb" / m / rundir.FINAL).is_file()}
+def build_markdown(layout: StudyLayout, config: StudyConfig, preset: str) -> str:
+    study = layout.root
+    finals = {m: results.read(layout.ptb_run(m) / rundir.FINAL, results.TrainFinal) for m in config.train.models
+              if (layout.ptb_run(m) / rundir.FINAL).is_file()}
     parts = [f"# lmlab study report (`{preset}` preset)", "", "## Setup", "",
              f"- machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}",
              f"- versions: Python {platform.python_version()}, " + ", ".join(
@@ -33,25 +43,26 @@ def build_markdown(study: Path, preset: str) -> str:
              "perplexity per word with one `<eos>` per line (see docs/metrics.md)",
              f"- command: `lmlab run --preset {preset} --out {study}`", ""]
     if finals:
-        parts += ["## Penn Treebank: the three from-scratch models", "", perplexity_table(finals), ""]
+        parts += ["## Penn Treebank: the from-scratch models", "", perplexity_table(finals), ""]
         for model, final in finals.items():
-            rows = rundir.read_jsonl(study / "ptb" / model / rundir.METRICS)
-            parts += [f"### {model}", "", f"Evaluation: {final['evaluation']}.", "",
+            rows = rundir.read_jsonl(layout.ptb_run(model) / rundir.METRICS)
+            parts += [f"### {model}", "", f"Evaluation: {final.evaluation}.", "",
                       "| epoch | train ppl | valid ppl | lr | tokens/s | seconds |", "|---:|---:|---:|---:|---:|---:|"]
             parts += [f"| {r['epoch']} | {r['train_ppl']:.2f} | {r['valid_ppl']:.2f} | {r['lr']:.3g} | "
                       f"{r['tokens_per_s']:,.0f} | {r['seconds']:.0f} |" for r in rows]
             parts += ["", f"![{model} curves](ptb/{model}/curves.png)", ""]
-    cross = study / "cross_domain" / "cross_domain.md"
+    cross = layout.cross_domain / "cross_domain.md"
     if cross.is_file():
         parts += ["## Across domains", "", cross.read_text(), "", "![cross-domain chart](cross_domain/cross_domain.png)", ""]
-    samples_path = study / "samples.json"
-    samples = rundir.read_json(samples_path) if samples_path.is_file() else None
+    samples = rundir.read_json(layout.samples) if layout.samples.is_file() else None
     if samples:
         first_prompt = samples["samples"][0]["prompt"]
         parts += ["## Samples", "", summary_table(samples["summary"]).strip(), "",
                   side_by_side([s for s in samples["samples"] if s["prompt"] == first_prompt]).strip(), ""]
-    parts += finetune_section(study) + dpo_section(study)
-    parts += ["## Analysis (generated from the numbers above)", "", *analysis(study, finals, samples), ""]
+    finetunes, dpo_runs = finetune_results(layout, config), dpo_results(layout, config)
+    parts += finetune_section(layout, finetunes) + dpo_section(layout, dpo_runs)
+    parts += ["## Analysis (generated from the numbers above)", "",
+              *analysis(layout, finals, samples, finetunes, dpo_runs), ""]
     return "\n".join(parts)
 
 
@@ -62,14 +73,14 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def analysis(study: Path, finals: dict, samples: dict | None) -> list[str]:
+def analysis(layout: StudyLayout, finals: dict, samples: dict | None, finetunes: dict, dpo_runs: dict) -> list[str]:
     lines = []
     if finals:
-        best = min(finals, key=lambda m: finals[m]["test_ppl"])
-        worst = max(finals, key=lambda m: finals[m]["test_ppl"])
-        lines.append(f"- In domain, **{best}** is best (PTB test perplexity {finals[best]['test_ppl']:.2f}) and "
-                     f"**{worst}** worst ({finals[worst]['test_ppl']:.2f}).")
-    summary_path = study / "cross_domain" / "cross_domain_summary.json"
+        best = min(finals, key=lambda m: finals[m].test_ppl)
+        worst = max(finals, key=lambda m: finals[m].test_ppl)
+        lines.append(f"- In domain, **{best}** is best (PTB test perplexity {finals[best].test_ppl:.2f}) and "
+                     f"**{worst}** worst ({finals[worst].test_ppl:.2f}).")
+    summary_path = layout.cross_domain / "cross_domain_summary.json"
     if summary_path.is_file():
         s = rundir.read_json(summary_path)
         ratios = s["mean_in_vocab_ratio"]
@@ -80,17 +91,16 @@ def analysis(study: Path, finals: dict, samples: dict | None) -> list[str]:
         rep = max(samples["summary"], key=lambda e: e["repeated_4gram_rate"])
         lines.append(f"- The most repetitive decoding is {rep['model']} with {rep['strategy']} "
                      f"(repeated 4-gram rate {rep['repeated_4gram_rate']:.2f}).")
-    lines += analysis_lines(study)
+    lines += analysis_lines(finetunes, dpo_runs)
     return lines or ["- No results yet."]
 
 
-def write_report(study: Path, preset: str) -> tuple[Path, Path]:
-    md = build_markdown(study, preset)
-    md_path, html_path = study / "report.md", study / "report.html"
-    md_path.write_text(md + "\n", encoding="utf-8")
+def write_report(layout: StudyLayout, config: StudyConfig, preset: str) -> tuple[Path, Path]:
+    md = build_markdown(layout, config, preset)
+    layout.report_md.write_text(md + "\n", encoding="utf-8")
     body = markdown.markdown(md, extensions=["tables", "fenced_code"])
-    html_path.write_text(_HTML.format(body=_embed_images(body, study)), encoding="utf-8")
-    return md_path, html_path
+    layout.report_html.write_text(_HTML.format(body=_embed_images(body, layout.root)), encoding="utf-8")
+    return layout.report_md, layout.report_html
 
 
 def _embed_images(html: str, root: Path) -> str:

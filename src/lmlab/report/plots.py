@@ -102,12 +102,13 @@ def plot_dpo_curves(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def plot_size_curves(sizes: dict[str, tuple[dict, list[dict]]], path: Path) -> None:
-    """Domain-validation and general perplexity against steps, one line per training-set size."""
+def plot_size_curves(sizes: dict[str, tuple], path: Path) -> None:
+    """Domain-validation and general perplexity against steps, one line per training-set size (``sizes``: name ->
+    (FinetuneFinal, metrics rows))."""
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9.0, 3.6), dpi=120)
     for name, (final, rows) in sizes.items():
         evals = [r for r in rows if r["kind"] == "eval"]
-        label = f"{final['train_docs']} docs ({final['epochs']:.2f} epochs)"
+        label = f"{final.train_docs} docs ({final.epochs:.2f} epochs)"
         ax.plot([r["step"] for r in evals], [r["valid_ppl"] for r in evals], "o-", label=label)
         if evals and "general_ppl" in evals[0]:
             ax2.plot([r["step"] for r in evals], [r["general_ppl"] for r in evals], "o-", label=label)

@@ -1,22 +1,23 @@
-"""Markdown tables built from the JSON files runs wrote."""
+"""Markdown tables built from result files (lmlab.results) and recipe results."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 
+from lmlab.results import ModelEvaluation, TrainFinal
 
-def perplexity_table(finals: dict[str, dict]) -> str:
+
+def perplexity_table(finals: dict[str, TrainFinal]) -> str:
     """One row per trained model: parameters, best epoch, validation/test perplexity, wall time."""
     lines = [
         "| model | impl | parameters | without embeddings | epochs (best) | valid ppl | test ppl | train+valid time |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, f in finals.items():
-        minutes = f["train_valid_seconds"] / 60
         lines.append(
-            f"| {name} | {f['config']['model']['impl']} | {f['parameters']['total']:,} | "
-            f"{f['parameters']['non_embedding']:,} | {f['epochs']} ({f['best_epoch']}) | {f['valid_ppl']:.2f} | "
-            f"{f['test_ppl']:.2f} | {minutes:.1f} min |"
+            f"| {name} | {f.config['model']['impl']} | {f.parameters['total']:,} | "
+            f"{f.parameters['non_embedding']:,} | {f.epochs} ({f.best_epoch}) | {f.valid_ppl:.2f} | "
+            f"{f.test_ppl:.2f} | {f.train_valid_seconds / 60:.1f} min |"
         )
     return "\n".join(lines)
 
@@ -48,22 +49,33 @@ def _grouped(rows, keys):
     return groups.items()
 
 
-def finetune_table(results: dict[str, dict]) -> str:
+def finetune_table(results: dict[str, ModelEvaluation]) -> str:
     """One column per model (e.g. before / after): every ft-eval number side by side."""
     names = list(results)
     first = results[names[0]]
-    rows = [("domain token ppl", lambda r: r["domain_ppl"], "{:.3f}")]
-    for corpus in first["general_ppl"]:
-        rows.append((f"{corpus} token ppl", lambda r, c=corpus: r["general_ppl"][c], "{:.3f}"))
-    for corpus in first["word_ppl"]:
-        rows.append((f"{corpus} word ppl", lambda r, c=corpus: r["word_ppl"][c], "{:.2f}"))
-    for corpus in first["byte_ppl"]:
-        rows.append((f"{corpus} byte ppl", lambda r, c=corpus: r["byte_ppl"][c], "{:.4f}"))
-    rows += [("PubMedQA accuracy", lambda r: r["pubmedqa_acc"], "{:.3f}"),
-             ("PubMedQA accuracy, calibrated", lambda r: r.get("pubmedqa_calibrated_acc", float("nan")), "{:.3f}"),
-             ("PubMedQA majority baseline", lambda r: r["pubmedqa"]["majority_baseline"], "{:.3f}"),
-             ("fill-in-the-blank accuracy", lambda r: r["cloze_acc"], "{:.3f}")]
+    rows = [("domain token ppl", lambda r: r.domain_ppl, "{:.3f}")]
+    for corpus in first.general_ppl:
+        rows.append((f"{corpus} token ppl", lambda r, c=corpus: r.general_ppl[c], "{:.3f}"))
+    for corpus in first.word_ppl:
+        rows.append((f"{corpus} word ppl", lambda r, c=corpus: r.word_ppl[c], "{:.2f}"))
+    for corpus in first.byte_ppl:
+        rows.append((f"{corpus} byte ppl", lambda r, c=corpus: r.byte_ppl[c], "{:.4f}"))
+    nan = float("nan")
+    rows += [("PubMedQA accuracy", lambda r: r.pubmedqa_acc, "{:.3f}"),
+             ("PubMedQA accuracy, calibrated", lambda r: nan if r.pubmedqa_calibrated_acc is None
+              else r.pubmedqa_calibrated_acc, "{:.3f}"),
+             ("PubMedQA majority baseline", lambda r: r.pubmedqa["majority_baseline"], "{:.3f}"),
+             ("fill-in-the-blank accuracy", lambda r: r.cloze_acc, "{:.3f}")]
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for label, get, fmt in rows:
         lines.append(f"| {label} | " + " | ".join(fmt.format(get(results[n])) for n in names) + " |")
+    return "\n".join(lines)
+
+
+def eval_table(results: list[dict]) -> str:
+    """Models x corpora: perplexity, in-vocabulary perplexity and OOV rate."""
+    lines = ["| model | corpus | tokens | OOV rate | ppl | ppl (in-vocab) | KL(new‖train) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['model']} | {r['corpus']} | {r['tokens']:,} | {r['oov_rate']:.1%} | {r['ppl']:.1f} | "
+                     f"{r['ppl_in_vocab']:.1f} | {r['shift']['kl_new_to_train']:.3f} |")
     return "\n".join(lines)

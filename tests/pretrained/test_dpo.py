@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from lmlab.errors import LmlabError
-from lmlab.hf import preferences
-from lmlab.hf.domain_data import pubmedqa_records
+from lmlab.pretrained import preferences
+from lmlab.pretrained.domain_data import pubmedqa_records
 from lmlab.recipes import dpo
 from tests.conftest import gpt2_tokenizer
 
@@ -71,11 +71,11 @@ def test_one_trl_dpo_step_lowers_the_loss_on_its_batch(tiny_llama, tmp_path):
                                                          "train.warmup_steps=0", "dpo.max_length=128"])
     policy = AutoModelForCausalLM.from_pretrained(tiny_llama)
     reference = preferences.reply_logps(policy, tok, pairs, max_length=128)
-    before = _dpo_loss(policy, tok, pairs, reference, cfg["dpo"]["beta"])
+    before = _dpo_loss(policy, tok, pairs, reference, cfg.dpo.beta)
     assert before == pytest.approx(math.log(2), abs=1e-6)  # policy == reference
     trainer = dpo._trainer(cfg, policy, tok, pairs, tmp_path)
     trainer.train()
-    after = _dpo_loss(trainer.model.eval(), tok, pairs, reference, cfg["dpo"]["beta"])
+    after = _dpo_loss(trainer.model.eval(), tok, pairs, reference, cfg.dpo.beta)
     assert after < before - 1e-3
     start = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
     rows = preferences.reply_logps(trainer.model, tok, pairs, max_length=128, reference=start)
@@ -106,7 +106,7 @@ def test_malformed_pair_files_are_one_line_errors(tmp_path):
 
 
 def test_long_pairs_are_cut_to_fit_keeping_the_end_of_the_prompt():
-    from lmlab.hf.domain_data import encode
+    from lmlab.pretrained.domain_data import encode
 
     tok = gpt2_tokenizer()
     long = preferences.Pair("User: " + "tell me more about kidneys. " * 80 + "Last question?\n\nAssistant:",

@@ -23,7 +23,7 @@ import torch
 
 from lmlab.data import corpora, user_files
 from lmlab.errors import LmlabError
-from lmlab.hf.domain_data import bucket, encode, pubmedqa_records
+from lmlab.pretrained.domain_data import bucket, encode, pubmedqa_records
 
 SOURCES = "general, pubmedqa, jsonl:PATH"
 WRONG = {"yes": "no", "no": "maybe", "maybe": "yes"}
@@ -125,15 +125,28 @@ def _pubmedqa_pair(tokenizer, record, context_tokens: int) -> Pair:
                 _eos(tokenizer, f"{reply} So the answer is {WRONG[record.decision]}."))
 
 
-def _jsonl(path: Path, tokenizer) -> list[Pair]:
-    pairs = []
+def check_source(source: str) -> None:
+    """Fail on a bad pair source (unknown name, malformed pair file) before any model is loaded."""
+    name, _, arg = source.partition(":")
+    if name == "jsonl":
+        _jsonl_rows(Path(arg).expanduser())
+    elif name not in ("general", "pubmedqa"):
+        raise LmlabError(f"unknown pair source '{source}': use one of {SOURCES}")
+
+
+def _jsonl_rows(path: Path) -> list[dict]:
+    rows = []
     for n, row in user_files.read_jsonl(path, "pair file"):
         if not all(isinstance(row.get(k), str) and row[k].strip() for k in ("prompt", "chosen", "rejected")):
             raise LmlabError(f"{path}:{n} needs non-empty string fields 'prompt', 'chosen' and 'rejected'")
         if row["chosen"].strip() == row["rejected"].strip():
             raise LmlabError(f"{path}:{n} has the same chosen and rejected reply: a pair must differ")
-        pairs.append(Pair(row["prompt"], _eos(tokenizer, row["chosen"]), _eos(tokenizer, row["rejected"])))
-    return pairs
+        rows.append(row)
+    return rows
+
+
+def _jsonl(path: Path, tokenizer) -> list[Pair]:
+    return [Pair(r["prompt"], _eos(tokenizer, r["chosen"]), _eos(tokenizer, r["rejected"])) for r in _jsonl_rows(path)]
 
 
 # --- measurements ----------------------------------------------------------------------------------------------

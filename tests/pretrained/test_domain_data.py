@@ -7,7 +7,15 @@ import json
 import pytest
 
 from lmlab.errors import LmlabError
-from lmlab.hf.domain_data import Document, load_domain, limit, pack, pubmedqa_records, separator_id, start_ids
+from lmlab.pretrained.domain_data import (
+    Document,
+    limit,
+    load_domain,
+    pack,
+    pubmedqa_records,
+    separator_id,
+    start_ids,
+)
 from tests.conftest import gpt2_tokenizer
 
 

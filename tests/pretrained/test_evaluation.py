@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from lmlab.hf import evaluation
-from lmlab.hf.domain_data import Document, QARecord, encode, start_ids
+from lmlab.data.documents import Document, QARecord
+from lmlab.pretrained import cloze, likelihood, perplexity, pubmedqa
+from lmlab.pretrained.domain_data import encode, start_ids
 from tests.conftest import gpt2_tokenizer
 
 TEXT = ("Chronic kidney disease affects millions of adults. Early treatment slows the loss of kidney function, "
@@ -25,7 +26,7 @@ def model(tiny_gpt2):
 def test_one_window_equals_transformers_loss(model):
     tok = gpt2_tokenizer()
     ids = start_ids(tok) + encode(tok, TEXT)
-    nll, count = evaluation.sliding_nll(model, ids, window=len(ids), stride=len(ids) - 1)
+    nll, count = perplexity.sliding_nll(model, ids, window=len(ids), stride=len(ids) - 1)
     with torch.no_grad():
         hf_loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
     assert count == len(ids) - 1
@@ -36,7 +37,7 @@ def test_sliding_windows_score_every_token_once_with_the_stated_context(model):
     tok = gpt2_tokenizer()
     ids = start_ids(tok) + encode(tok, TEXT)
     window, stride = 32, 12
-    nll, count = evaluation.sliding_nll(model, ids, window, stride)
+    nll, count = perplexity.sliding_nll(model, ids, window, stride)
     assert count == len(ids) - 1
     # by hand: token t is scored in the window that ends at the first window end >= t+1
     expected, scored_to = 0.0, 1
@@ -54,7 +55,7 @@ def test_sliding_windows_score_every_token_once_with_the_stated_context(model):
 
 def test_word_and_byte_perplexity_divide_the_same_nll(model):
     tok = gpt2_tokenizer()
-    score = evaluation.score_texts(model, tok, [TEXT, "Short one."], window=64, stride=32).as_dict()
+    score = perplexity.score_texts(model, tok, [TEXT, "Short one."], window=64, stride=32).as_dict()
     assert score["words"] == len(TEXT.split()) + 2
     assert score["bytes"] == len(TEXT.encode()) + len("Short one.")
     assert score["word_ppl"] == pytest.approx(math.exp(score["nll"] / score["words"]))
@@ -65,26 +66,26 @@ def test_word_and_byte_perplexity_divide_the_same_nll(model):
 def test_pubmedqa_single_token_shortcut_equals_full_continuations(model):
     tok = gpt2_tokenizer()
     record = QARecord("1", "Does aspirin reduce fever?", "Aspirin was given to 40 patients. " * 10, "It does.", "yes")
-    prompt = evaluation.pubmedqa_prompt_ids(tok, record, max_tokens=48)
+    prompt = pubmedqa.pubmedqa_prompt_ids(tok, record, max_tokens=48)
     assert len(prompt) <= 48 and prompt[-1] == encode(tok, "Answer:")[-1]
-    full = evaluation.continuation_logprobs(model, prompt, [encode(tok, f" {a}") for a in evaluation.ANSWERS])
+    full = likelihood.continuation_logprobs(model, prompt, [encode(tok, f" {a}") for a in pubmedqa.ANSWERS])
     with torch.no_grad():
         last = model(input_ids=torch.tensor([prompt])).logits[0, -1].log_softmax(-1)
-    assert full == pytest.approx([last[encode(tok, f" {a}")[0]].item() for a in evaluation.ANSWERS], abs=1e-5)
-    result = evaluation.pubmedqa_accuracy(model, tok, [record] * 3, max_tokens=48)
+    assert full == pytest.approx([last[encode(tok, f" {a}")[0]].item() for a in pubmedqa.ANSWERS], abs=1e-5)
+    result = pubmedqa.pubmedqa_accuracy(model, tok, [record] * 3, max_tokens=48)
     assert result["questions"] == 3 and result["majority_baseline"] == 1.0
-    assert result["accuracy"] == (evaluation.ANSWERS[max(range(3), key=full.__getitem__)] == "yes")
+    assert result["accuracy"] == (pubmedqa.ANSWERS[max(range(3), key=full.__getitem__)] == "yes")
 
 
 def test_cloze_rule_blanks_a_domain_term_with_frequency_neighbours():
     domain = [Document(str(i), "Title\nThe nephrectomy was followed by dialysis and transfusion in patients.")
               for i in range(30)] + [Document("x", "Title\nCats sleep. " + "Renal biopsy showed fibrosis. " * 12)]
     general = "The cat sat on the mat with the patients. " * 50
-    terms = dict(evaluation.domain_terms(domain, general))
+    terms = dict(cloze.domain_terms(domain, general))
     assert {"nephrectomy", "dialysis", "transfusion", "fibrosis"} <= set(terms)
     assert "patients" not in terms  # frequent in the general text too
     test_docs = [Document("t", "A title\nShort. In the clinic, dialysis was started after the nephrectomy today.")]
-    [item] = evaluation.cloze_items(test_docs, list(terms.items()), n_items=5, n_candidates=3)
+    [item] = cloze.cloze_items(test_docs, list(terms.items()), n_items=5, n_candidates=3)
     assert item.answer == "dialysis" and item.answer in item.candidates and len(item.candidates) == 3
     assert "nephrectomy" not in item.candidates  # a candidate never occurs in the sentence itself
     assert item.candidates == ["dialysis", "fibrosis", "followed"]  # same ending first, then nearest in frequency
@@ -117,9 +118,9 @@ def test_pubmedqa_calibration_removes_a_constant_bias(model, monkeypatch):
 
     def scores(model, tokenizer, record, max_tokens):
         bias = [0.0, 5.0, 0.0]
-        return bias if record is evaluation.CONTENT_FREE else [b + s for b, s in zip(bias, signal[record.decision])]
+        return bias if record is pubmedqa.CONTENT_FREE else [b + s for b, s in zip(bias, signal[record.decision])]
 
-    monkeypatch.setattr(evaluation, "answer_scores", scores)
-    result = evaluation.pubmedqa_accuracy(model, tok, records, max_tokens=64)
+    monkeypatch.setattr(pubmedqa, "answer_scores", scores)
+    result = pubmedqa.pubmedqa_accuracy(model, tok, records, max_tokens=64)
     assert result["predicted"] == {"no": 3} and result["accuracy"] == pytest.approx(1 / 3)
     assert result["calibrated_accuracy"] == 1.0 and result["calibrated_predicted"] == {"yes": 1, "no": 1, "maybe": 1}

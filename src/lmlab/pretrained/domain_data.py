@@ -13,23 +13,17 @@ data a run uses, and a document is in exactly one split:
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from lmlab.data import corpora, user_files
+from lmlab.data import documents, user_files
+from lmlab.data.documents import Document, QARecord
 from lmlab.errors import LmlabError
 
 DATASETS = "pubmed, pubmedqa, text:PATH, jsonl:PATH"
-
-
-@dataclass
-class Document:
-    id: str
-    text: str
 
 
 @dataclass
@@ -38,15 +32,6 @@ class DomainSplits:
     train: list[Document]
     valid: list[Document]
     test: list[Document]
-
-
-@dataclass
-class QARecord:
-    id: str
-    question: str
-    context: str
-    long_answer: str
-    decision: str  # yes | no | maybe
 
 
 def bucket(doc_id: str) -> float:
@@ -62,26 +47,12 @@ def _split(docs: list[Document], test: float, valid: float, name: str) -> Domain
     return out
 
 
-def pubmed_documents() -> list[Document]:
-    docs = []
-    with corpora.split_path("pubmed", "all").open(encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            docs.append(Document(row["pmid"], f"{row['title']}\n{row['abstract']}"))
-    return docs
-
-
 def pubmedqa_records() -> dict[str, list[QARecord]]:
     """PubMedQA by split: ``test`` is exactly the official test ids; ``valid``/``train`` share the rest."""
-    data = json.loads(corpora.split_path("pubmedqa", "all").read_text(encoding="utf-8"))
-    truth_path = corpora.data_dir() / "pubmedqa" / "test_ground_truth.json"
-    if not truth_path.is_file():
-        raise LmlabError(corpora.missing_message(corpora.get_corpus("pubmedqa"), truth_path))
-    test_ids = set(json.loads(truth_path.read_text(encoding="utf-8")))
+    test_ids = documents.pubmedqa_test_ids()
     splits = {"train": [], "valid": [], "test": []}
-    for qid, q in data.items():
-        record = QARecord(qid, q["QUESTION"], " ".join(q["CONTEXTS"]), q["LONG_ANSWER"], q["final_decision"])
-        split = "test" if qid in test_ids else "valid" if bucket(qid) < 0.1 else "train"
+    for record in documents.pubmedqa_questions():
+        split = "test" if record.id in test_ids else "valid" if bucket(record.id) < 0.1 else "train"
         splits[split].append(record)
     return splits
 
@@ -89,7 +60,7 @@ def pubmedqa_records() -> dict[str, list[QARecord]]:
 def load_domain(dataset: str) -> DomainSplits:
     name, _, arg = dataset.partition(":")
     if name == "pubmed":
-        return _split(pubmed_documents(), 0.02, 0.02, "pubmed")
+        return _split(documents.pubmed_documents(), 0.02, 0.02, "pubmed")
     if name == "pubmedqa":
         records = pubmedqa_records()
         docs = {s: [Document(r.id, f"{r.context}\n{r.long_answer}") for r in rs] for s, rs in records.items()}
@@ -106,7 +77,9 @@ def _user_documents(kind: str, path: Path) -> list[Document]:
         texts = []
         for n, row in user_files.read_jsonl(path, "corpus file"):
             text = row.get("text") or "\n".join(str(row[k]) for k in ("title", "abstract") if row.get(k))
-            if not text:
+            if not isinstance(text, str):
+                raise LmlabError(f"{path}:{n} has a 'text' that is not a string ({type(text).__name__}): give text")
+            if not text.strip():
                 raise LmlabError(f"{path}:{n} has no 'text' (or 'title'/'abstract') field")
             texts.append(text)
     if len(texts) < 3:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmlab.hf import registry
+from lmlab.pretrained import registry
 from tests.conftest import gpt2_tokenizer
 
 gguf = pytest.importorskip("gguf")

@@ -9,11 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from lmlab import cli, rundir
+from lmlab import cli
 from lmlab.errors import LmlabError
-from lmlab.hf import registry
-from lmlab.hf.domain_data import load_domain, pack
+from lmlab.pretrained import registry
+from lmlab.pretrained.domain_data import load_domain, pack
 from lmlab.recipes import finetune
+from lmlab.training import rundir
 
 SENTENCES = ["The kidney filters the blood and removes waste.", "Insulin lowers the level of glucose in the blood.",
              "The heart pumps blood through the arteries.", "Antibiotics treat infections caused by bacteria."]
@@ -33,7 +34,7 @@ def _cfg(model, corpus, *overrides, lora=False):
 
 def _valid_loss(model_dir, cfg) -> float:
     model, tok = registry.load(str(model_dir))
-    chunks = pack(load_domain(cfg["data"]["dataset"]).valid, tok, cfg["data"]["seq_len"])[: cfg["data"]["valid_chunks"]]
+    chunks = pack(load_domain(cfg.data.dataset).valid, tok, cfg.data.seq_len)[: cfg.data.valid_chunks]
     with torch.no_grad():
         return sum(model(input_ids=c[None], labels=c[None]).loss.item() for c in chunks) / len(chunks)
 
@@ -44,10 +45,10 @@ def test_full_finetune_learns_and_saves_exactly_the_best_weights(tiny_llama, cor
     rows = rundir.read_jsonl(tmp_path / "run" / rundir.METRICS)
     evals = [r for r in rows if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [0, 10, 20, 30, 40]
-    assert final["best_valid_loss"] < 0.5 * evals[0]["valid_loss"]  # a repetitive corpus is learnt fast
+    assert final.best_valid_loss < 0.5 * evals[0]["valid_loss"]  # a repetitive corpus is learnt fast
     assert len([r for r in rows if r["kind"] == "train"]) == 40
     # save/load round trip: the saved model/ scores exactly the best validation loss the loop measured
-    assert _valid_loss(tmp_path / "run" / "model", cfg) == pytest.approx(final["best_valid_loss"], rel=1e-5)
+    assert _valid_loss(tmp_path / "run" / "model", cfg) == pytest.approx(final.best_valid_loss, rel=1e-5)
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
     assert not (tmp_path / "run" / rundir.LAST).exists()
 
@@ -57,7 +58,7 @@ def test_lora_merged_model_equals_the_unmerged_adapter(tiny_llama, corpus, tmp_p
 
     cfg = _cfg(tiny_llama, corpus, "train.steps=4", "train.eval_every=4", "lora.lr=1e-2", lora=True)
     final = finetune.run(cfg, tmp_path / "run")
-    assert final["mode"] == "lora" and final["params_trainable"] < 0.1 * final["params_total"]
+    assert final.mode == "lora" and final.params_trainable < 0.1 * final.params_total
     x = torch.tensor([[50256, 464, 21919, 16628, 262, 2910, 13]])
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")  # plain transformers, no peft
     base = AutoModelForCausalLM.from_pretrained(tiny_llama)
@@ -91,7 +92,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_gpt2, corpus, tmp_path,
     resumed = finetune.run(cfg, tmp_path / "resumed", resume=True)
     losses = lambda d: [r["train_loss"] for r in rundir.read_jsonl(d / rundir.METRICS) if r["kind"] == "train"]
     assert losses(tmp_path / "resumed") == pytest.approx(losses(tmp_path / "straight"), rel=1e-5)
-    assert resumed["best_valid_loss"] == pytest.approx(straight["best_valid_loss"], rel=1e-5)
+    assert resumed.best_valid_loss == pytest.approx(straight.best_valid_loss, rel=1e-5)
 
 
 def test_gpt2_architecture_through_the_cli(tiny_gpt2, corpus, tmp_path, capsys):
@@ -105,7 +106,7 @@ def test_gpt2_architecture_through_the_cli(tiny_gpt2, corpus, tmp_path, capsys):
     # a finished run is never overwritten
     assert cli.main(["finetune", "--model", str(tiny_gpt2), "--text-file", str(corpus), "--preset", "smoke",
                      "--out", str(out)]) == 2
-    assert "already holds a finished fine-tune" in capsys.readouterr().err
+    assert "already holds a run (finished)" in capsys.readouterr().err
 
 
 def test_bad_models_and_files_are_one_line_errors(tmp_path, monkeypatch, capsys):

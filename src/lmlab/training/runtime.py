@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from lmlab.errors import LmlabError
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -33,8 +35,7 @@ def setup(device: str = "auto", threads: int = 0) -> Runtime:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     if device == "cuda":
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
@@ -47,6 +48,19 @@ def setup(device: str = "auto", threads: int = 0) -> Runtime:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return Runtime(dev, rank, world_size)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` is CUDA when present, else CPU; asking for a device this machine lacks is a one-line error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as e:
+        raise LmlabError(f"train.device={device!r} is not a device: use auto, cpu or cuda") from e
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise LmlabError(f"train.device={device!r} but this torch build or machine has no CUDA GPU: use auto or cpu")
+    return device
 
 
 def teardown(runtime: Runtime) -> None:
@@ -67,3 +81,11 @@ def all_reduce_sum(runtime: Runtime, values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=runtime.device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def shard(batch_size: int, runtime: Runtime) -> slice:
+    """This process's share of a global batch: equal contiguous slices, so DDP's mean equals the global mean."""
+    if batch_size % runtime.world_size:
+        raise LmlabError(f"data.batch_size={batch_size} is not divisible by {runtime.world_size} processes")
+    per = batch_size // runtime.world_size
+    return slice(runtime.rank * per, (runtime.rank + 1) * per)

@@ -1,0 +1,31 @@
+"""What every from-scratch recurrent layer shares: ``torch.nn.RNN``/``GRU``/``LSTM``'s parameters (same
+names, shapes and initialisation, so state dicts move between a layer and its twin unchanged) and a zero
+initial state."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class RecurrentLayer(nn.Module):
+    def __init__(self, input_size: int, hidden_size: int, gates: int):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.weight_ih_l0 = nn.Parameter(torch.empty(gates * hidden_size, input_size))
+        self.weight_hh_l0 = nn.Parameter(torch.empty(gates * hidden_size, hidden_size))
+        self.bias_ih_l0 = nn.Parameter(torch.empty(gates * hidden_size))
+        self.bias_hh_l0 = nn.Parameter(torch.empty(gates * hidden_size))
+        bound = 1 / math.sqrt(hidden_size)  # torch.nn's default initialisation for recurrent layers
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def initial_state(self, batch_size: int, like: torch.Tensor) -> torch.Tensor:
+        return like.new_zeros(1, batch_size, self.hidden_size)
+
+    def input_projections(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """x W_ih^T + bias for every step at once: one large GEMM, (T, B, gates * hidden)."""
+        steps, batch, _ = x.shape
+        return torch.addmm(bias, x.reshape(steps * batch, -1), self.weight_ih_l0.t()).view(steps, batch, -1)

@@ -1,0 +1,61 @@
+"""Perplexity of texts under a pretrained causal LM, in three units.
+
+The text is scored with a sliding window (``window`` tokens of context, advanced by ``stride``; every token is
+scored once, with at least ``window - stride`` tokens before it except at the start). The text starts with the
+model's start-of-document token, so its first word is scored too. Token-level perplexity divides the total NLL
+by the number of scored tokens; word-level by the whitespace-separated words of the original text; byte-level
+by its UTF-8 bytes. The last two are tokenizer-independent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lmlab.pretrained.domain_data import encode, start_ids
+from lmlab.pretrained.likelihood import model_device
+
+
+@dataclass
+class TextScore:
+    nll: float  # nats, summed over the text
+    tokens: int
+    words: int
+    bytes: int
+
+    def as_dict(self) -> dict:
+        return {"nll": self.nll, "tokens": self.tokens, "words": self.words, "bytes": self.bytes,
+                "token_ppl": math.exp(self.nll / self.tokens), "word_ppl": math.exp(self.nll / self.words),
+                "byte_ppl": math.exp(self.nll / self.bytes), "bits_per_byte": self.nll / self.bytes / math.log(2)}
+
+
+@torch.no_grad()
+def sliding_nll(model, ids: list[int], window: int, stride: int) -> tuple[float, int]:
+    """(summed NLL, number of scored tokens) of ``ids[1:]`` given everything before, one window at a time."""
+    if not 0 < stride <= window - 1:
+        raise ValueError("need 0 < stride < window")
+    device = model_device(model)
+    total, count, scored_to = 0.0, 0, 1  # ids[:scored_to] are context only or already scored
+    while scored_to < len(ids):
+        end = min(len(ids), max(scored_to + stride, window))
+        begin = max(0, end - window)
+        x = torch.tensor(ids[begin:end], device=device)[None]
+        logits = model(input_ids=x).logits[0].float()
+        first = scored_to - begin - 1  # logits[k] predicts ids[begin + k + 1]
+        targets = x[0, scored_to - begin:]
+        total += F.cross_entropy(logits[first:-1], targets, reduction="sum").item()
+        count += len(targets)
+        scored_to = end
+    return total, count
+
+
+def score_texts(model, tokenizer, texts: list[str], window: int, stride: int) -> TextScore:
+    """Each text scored as its own document (start token + text)."""
+    nll, tokens = 0.0, 0
+    for text in texts:
+        n, t = sliding_nll(model, start_ids(tokenizer) + encode(tokenizer, text), window, stride)
+        nll, tokens = nll + n, tokens + t
+    return TextScore(nll, tokens, sum(len(t.split()) for t in texts), sum(len(t.encode("utf-8")) for t in texts))

@@ -1,0 +1,227 @@
+"""One results contract: what each result file holds, and where a study keeps it.
+
+Writers (recipes) build these dataclasses and :func:`write` them; readers (the study, the report, ``eval`` and
+``sample``) :func:`read` them back, so a key is named once. Files written before a field existed read with that
+field's default (``None``); keys this version does not know are kept in ``extra`` rather than dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lmlab.training import rundir
+
+T = TypeVar("T")
+
+
+def write(path: Path, result) -> None:
+    data = dataclasses.asdict(result)
+    data.update(data.pop("extra", None) or {})
+    rundir.write_json(path, data)
+
+
+def read(path: Path, cls: type[T]) -> T:
+    return from_dict(rundir.read_json(path), cls)
+
+
+def read_if_present(path: Path, cls: type[T]) -> T | None:
+    return read(path, cls) if Path(path).is_file() else None
+
+
+def from_dict(data: dict[str, Any], cls: type[T]) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}
+    known = {k: v for k, v in data.items() if k in names}
+    extra = {k: v for k, v in data.items() if k not in names}
+    return cls(**known, **({"extra": extra} if "extra" in names else {}))
+
+
+def as_dict(result) -> dict[str, Any]:
+    data = dataclasses.asdict(result)
+    data.update(data.pop("extra", None) or {})
+    return data
+
+
+@dataclass
+class TrainFinal:
+    """final.json of ``lmlab train``: the best-validation checkpoint's numbers (word-level perplexity)."""
+
+    model: str
+    status: str                      # finished, early_stopped or diverged
+    epochs: int
+    best_epoch: int
+    valid_loss: float
+    valid_ppl: float
+    test_loss: float
+    test_ppl: float
+    tokens: dict[str, int]           # scored targets per split
+    oov_words: dict[str, int]
+    vocab_size: int
+    parameters: dict[str, int]       # total, non_embedding
+    train_valid_seconds: float
+    evaluation: str                  # how each split was scored (the family's note)
+    unit: str
+    config: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FinetuneFinal:
+    """final.json of ``lmlab finetune``."""
+
+    config: dict[str, Any]
+    model: str
+    mode: str                        # full or lora
+    params_total: int
+    params_trainable: int
+    train_docs: int
+    train_chunks: int
+    train_tokens_available: int
+    tokens_trained: int
+    epochs: float
+    steps: int
+    stopped_early: bool
+    train_seconds: float
+    train_tokens_per_s: float
+    best_step: int
+    best_valid_loss: float
+    best_valid_ppl: float
+    initial_valid_ppl: float
+    initial_general_ppl: float | None
+    model_dir: str
+    device: str
+    processes: int
+    threads: int
+    best_general_ppl: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelEvaluation:
+    """NAME.json of ``lmlab ft-eval`` (a study's finetune/base.json and each mode's before/after.json)."""
+
+    model: str
+    architecture: str
+    params: int
+    tokenizer: str
+    vocab_size: int
+    domain: str
+    domain_ppl: float                # BPE-token perplexity on the held-out domain documents
+    general_ppl: dict[str, float]    # token perplexity per general text
+    word_ppl: dict[str, float]
+    byte_ppl: dict[str, float]
+    bits_per_byte: dict[str, float]
+    perplexity: dict[str, dict]      # every unit per corpus (lmlab.pretrained.perplexity.TextScore)
+    pubmedqa_acc: float
+    pubmedqa: dict[str, Any]
+    cloze_acc: float
+    cloze: dict[str, Any]
+    completions: list[dict[str, str]]
+    settings: dict[str, Any]         # the ft-eval config that produced it
+    seconds: float
+    threads: int
+    pubmedqa_calibrated_acc: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PreferenceMeasurement:
+    """before.json / after.json of ``lmlab dpo``: the policy on the held-out pairs and the side measures."""
+
+    pairs: int
+    preference_acc: float
+    preference_acc_normalized: float
+    logp_margin: float
+    reward_acc: float
+    reward_margin: float
+    logp_chosen: float
+    logp_rejected: float
+    kl_from_reference: float
+    pubmedqa_acc: float
+    pubmedqa: dict[str, Any]
+    general_ppl: dict[str, float]
+    general_word_ppl: dict[str, float]
+    generations: list[dict[str, str]]
+    model: str
+    train_seconds: float | None = None   # after.json only
+    steps: int | None = None
+    train_pairs: int | None = None
+    model_dir: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class StudyLayout:
+    """Every path of a study directory, in one place::
+
+        ptb/<arch>/                   training runs (TrainFinal), one per study train.models
+        ptb_table.md                  the perplexity table
+        cross_domain/                 cross_domain.json (one object per run x corpus), .md, .csv, .png, summary
+        samples.json                  every sample with its statistics, and the summary per model and strategy
+        finetune/<mode>/              fine-tunes (FinetuneFinal) with before.json / after.json (ModelEvaluation)
+        finetune/base.json            ft-eval of the pretrained model, shared by every mode
+        finetune/sizes/docsN/         the data-size experiment
+        dpo/<source>/                 DPO runs with before.json / after.json (PreferenceMeasurement)
+        report.md, report.html        the report; study.log the log of every run of the study
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def ptb_run(self, arch: str) -> Path:
+        return self.root / "ptb" / arch
+
+    @property
+    def ptb_table(self) -> Path:
+        return self.root / "ptb_table.md"
+
+    @property
+    def cross_domain(self) -> Path:
+        return self.root / "cross_domain"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples.json"
+
+    @property
+    def finetune(self) -> Path:
+        return self.root / "finetune"
+
+    def finetune_run(self, mode: str) -> Path:
+        return self.finetune / mode
+
+    def size_run(self, docs: int) -> Path:
+        return self.finetune / "sizes" / f"docs{docs}"
+
+    @property
+    def sizes(self) -> Path:
+        return self.finetune / "sizes"
+
+    @property
+    def base_evaluation(self) -> Path:
+        return self.finetune / "base.json"
+
+    def dpo_run(self, source: str) -> Path:
+        return self.root / "dpo" / source.replace(":", "_").replace("/", "_")
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "study.log"
+
+    def step_record(self, step: str) -> Path:
+        """What a step without a run directory of its own (eval, sample) records when it finishes."""
+        return self.root / "steps" / f"{step}.json"
+
+
+BEFORE, AFTER = "before.json", "after.json"
+MODEL_DIR = "model"      # a fine-tune's or DPO run's best weights, a plain from_pretrained directory
+ADAPTER_DIR = "adapter"  # LoRA only: the peft adapter

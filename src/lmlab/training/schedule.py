@@ -1,0 +1,50 @@
+"""Learning-rate schedules as ``torch.optim.lr_scheduler.LambdaLR`` factors, one for every recipe.
+
+Linear warm-up over ``warmup`` steps (step k runs at (k+1)/(warmup+1) of the rate, as nanoGPT), then
+- ``cosine``: decay to ``min_ratio`` of the rate over the planned steps (the right choice for a fixed budget);
+- ``plateau``: the rate is divided by ``anneal`` after every epoch whose validation loss did not improve
+  (Zaremba et al. 2014; pytorch/examples word_language_model);
+- ``constant``.
+The factor is a small object, so ``LambdaLR.state_dict()`` saves its plateau scale and a resume restores it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+KINDS = ("constant", "cosine", "plateau")
+
+
+class WarmupDecay:
+    def __init__(self, kind: str, total_steps: int, warmup: int = 0, min_ratio: float = 0.0, anneal: float = 4.0):
+        if kind not in KINDS:
+            raise ValueError(f"unknown schedule '{kind}': choose one of {', '.join(KINDS)}")
+        self.kind, self.total, self.warmup = kind, max(total_steps, 1), warmup
+        self.min_ratio, self.anneal, self.scale = min_ratio, anneal, 1.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return self.scale * (step + 1) / (self.warmup + 1)
+        if self.kind == "cosine":
+            progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+            return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.scale
+
+
+def scheduler(optimizer, kind: str, total_steps: int, warmup: int = 0, min_ratio: float = 0.0,
+              anneal: float = 4.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Call ``.step()`` after every optimiser step; step k of training then runs at ``lr * factor(k)``."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupDecay(kind, total_steps, warmup, min_ratio, anneal))
+
+
+def on_plateau(sched: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """After an epoch without improvement: a ``plateau`` schedule divides the rate from the next step on."""
+    factor = sched.lr_lambdas[0]
+    if factor.kind != "plateau":
+        return
+    factor.scale /= factor.anneal
+    for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):
+        group["lr"] = base * factor(sched.last_epoch)
+    sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
