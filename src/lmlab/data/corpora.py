@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -192,7 +193,40 @@ def split_path(name: str, split: str) -> Path:
     path = data_dir() / corpus.splits[split]
     if not path.is_file():
         raise LmlabError(missing_message(corpus, path))
+    verify(corpus, path)
     return path
+
+
+def _verified_cache() -> Path:
+    return Path(os.environ.get("LMLAB_STATE_DIR") or Path.home() / ".cache" / "lmlab") / "verified-corpora.json"
+
+
+def verify(corpus: Corpus, path: Path) -> None:
+    """A corpus file is used only if its sha256 is the registered one. The check is remembered by the file's
+    path, size and modification time, so it costs one hash per file, not one per run."""
+    expected = next((f.sha256 for f in corpus.files if (data_dir() / f.path) == path), None)
+    if expected is None:
+        return
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache_path = _verified_cache()
+    try:
+        cache = json.loads(cache_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    if cache.get(key) == expected:
+        return
+    if sha256_of(path) != expected:
+        raise LmlabError(f"{path} does not match its registered sha256 (corpus '{corpus.name}'): the file is corrupt "
+                         f"or changed; restore it or run `lmlab data download {corpus.name}`")
+    cache[key] = expected
+    try:  # a cache that cannot be written only costs a hash next time
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1), encoding="utf-8")
+        os.replace(tmp, cache_path)
+    except OSError:
+        pass
 
 
 def _fetch(url: str) -> bytes:

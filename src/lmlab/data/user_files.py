@@ -12,6 +12,8 @@ from lmlab.errors import LmlabError
 def read_text(path: Path, what: str) -> str:
     """The UTF-8 text of ``path``; ``what`` says what the file should be, for the error message."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise LmlabError(f"{what} {path} is a directory: give the path of a file")
     if not path.is_file():
         raise LmlabError(f"{what} {path} not found: check the path")
     try:

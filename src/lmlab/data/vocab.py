@@ -19,10 +19,13 @@ UNK = "<unk>"
 def read_words(path: Path) -> list[str]:
     """Whitespace tokens of every line followed by ``<eos>``; blank lines count as a bare ``<eos>``."""
     words: list[str] = []
-    with Path(path).open(encoding="utf-8") as f:
-        for line in f:
-            words.extend(line.split())
-            words.append(EOS)
+    try:
+        with Path(path).open(encoding="utf-8") as f:
+            for line in f:
+                words.extend(line.split())
+                words.append(EOS)
+    except UnicodeDecodeError as e:
+        raise LmlabError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): convert it first") from e
     return words
 
 

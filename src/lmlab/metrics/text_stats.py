@@ -26,19 +26,45 @@ def repeated_ngram_rate(tokens: list[str], n: int = 4) -> float:
 
 
 def longest_repeated_span(tokens: list[str]) -> int:
-    """Length of the longest token sequence that occurs at least twice (occurrences may overlap)."""
-    best = 0
-    n = len(tokens)
-    # Dynamic programming over pairs of end positions: O(n^2), fine for generated samples.
-    prev = [0] * (n + 1)
-    for i in range(1, n + 1):
-        cur = [0] * (n + 1)
-        for j in range(i + 1, n + 1):
-            if tokens[i - 1] == tokens[j - 1]:
-                cur[j] = prev[j - 1] + 1
-                best = max(best, cur[j])
-        prev = cur
-    return best
+    """Length of the longest token sequence that occurs at least twice (occurrences may overlap).
+
+    A span of length L repeating implies one of every shorter length does, so the answer is found by doubling
+    L until it fails and then bisecting, each probe a rolling-hash pass with exact comparison on hash hits:
+    O(n log L) instead of the O(n^2) of comparing every pair of positions."""
+    ids = {}
+    seq = [ids.setdefault(t, len(ids) + 1) for t in tokens]
+    low, high = 0, 1
+    while high < len(seq) and _repeats(seq, high):
+        low, high = high, min(2 * high, len(seq))
+    high -= 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        if _repeats(seq, mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+_MOD, _BASE = (1 << 61) - 1, 1_000_003
+
+
+def _repeats(seq: list[int], length: int) -> bool:
+    """Whether some span of ``length`` occurs twice in ``seq``."""
+    power = pow(_BASE, length, _MOD)
+    h = 0
+    first: dict[int, list[int]] = {}
+    for i, x in enumerate(seq):
+        h = (h * _BASE + x) % _MOD
+        if i >= length:
+            h = (h - seq[i - length] * power) % _MOD
+        if i >= length - 1:
+            start = i - length + 1
+            starts = first.setdefault(h, [])
+            if any(seq[s:s + length] == seq[start:start + length] for s in starts):
+                return True
+            starts.append(start)
+    return False
 
 
 def text_statistics(tokens: list[str]) -> dict[str, float]:
