@@ -114,8 +114,8 @@ class ModelEvaluation:
     byte_ppl: dict[str, float]
     bits_per_byte: dict[str, float]
     perplexity: dict[str, dict]      # every unit per corpus (lmlab.pretrained.perplexity.TextScore)
-    pubmedqa_acc: float
-    pubmedqa: dict[str, Any]
+    pubmedqa_acc: float              # the headline: lm-eval protocol, zero-shot
+    pubmedqa: dict[str, Any]         # its full report (CIs, macro-F1, verdicts, confusion, majority baseline)
     cloze_acc: float
     cloze: dict[str, Any]
     completions: list[dict[str, str]]
@@ -123,6 +123,7 @@ class ModelEvaluation:
     seconds: float
     threads: int
     pubmedqa_calibrated_acc: float | None = None
+    pubmedqa_settings: dict[str, dict] | None = None  # every variant x shots, by name ("lm-eval 3-shot", …)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

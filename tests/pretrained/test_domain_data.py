@@ -70,3 +70,17 @@ def test_user_corpora_and_their_errors(tmp_path):
         load_domain(f"text:{tmp_path / 'missing.txt'}")
     with pytest.raises(LmlabError, match="unknown dataset"):
         load_domain("wikipedia")
+
+
+def test_the_document_separator_is_the_real_end_of_text_token():
+    """<|endoftext|> where the vocabulary has it, even when the tokenizer also names it its unknown token
+    (SmolLM2-Instruct: unk = <|endoftext|> = 0, eos = <|im_end|> = 2); else EOS (Gemma's <eos>)."""
+    from types import SimpleNamespace
+
+    smol = SimpleNamespace(get_vocab=lambda: {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2},
+                           unk_token_id=0, eos_token_id=2)
+    gemma = SimpleNamespace(get_vocab=lambda: {"<pad>": 0, "<eos>": 1, "<bos>": 2}, unk_token_id=3, eos_token_id=1)
+    assert separator_id(smol) == 0 and separator_id(gemma) == 1
+    from tests.conftest import gpt2_tokenizer
+
+    assert separator_id(gpt2_tokenizer()) == 50256

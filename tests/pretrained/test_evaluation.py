@@ -66,13 +66,13 @@ def test_word_and_byte_perplexity_divide_the_same_nll(model):
 def test_pubmedqa_single_token_shortcut_equals_full_continuations(model):
     tok = gpt2_tokenizer()
     record = QARecord("1", "Does aspirin reduce fever?", "Aspirin was given to 40 patients. " * 10, "It does.", "yes")
-    prompt = pubmedqa.pubmedqa_prompt_ids(tok, record, max_tokens=48)
+    prompt = pubmedqa.instructed_prompt_ids(tok, record, max_tokens=48)
     assert len(prompt) <= 48 and prompt[-1] == encode(tok, "Answer:")[-1]
     full = likelihood.continuation_logprobs(model, prompt, [encode(tok, f" {a}") for a in pubmedqa.ANSWERS])
     with torch.no_grad():
         last = model(input_ids=torch.tensor([prompt])).logits[0, -1].log_softmax(-1)
     assert full == pytest.approx([last[encode(tok, f" {a}")[0]].item() for a in pubmedqa.ANSWERS], abs=1e-5)
-    result = pubmedqa.pubmedqa_accuracy(model, tok, [record] * 3, max_tokens=48)
+    result = pubmedqa.evaluate(model, tok, [record] * 3, "instructed", max_tokens=48, resamples=100)
     assert result["questions"] == 3 and result["majority_baseline"] == 1.0
     assert result["accuracy"] == (pubmedqa.ANSWERS[max(range(3), key=full.__getitem__)] == "yes")
 
@@ -116,11 +116,96 @@ def test_pubmedqa_calibration_removes_a_constant_bias(model, monkeypatch):
     # a model that always prefers "no" by 5 nats, plus a small per-question signal towards the right answer
     signal = {"yes": [1.0, 0, 0], "no": [0, 1.0, 0], "maybe": [0, 0, 1.0]}
 
-    def scores(model, tokenizer, record, max_tokens):
+    def scores(model, tokenizer, prompt):
         bias = [0.0, 5.0, 0.0]
-        return bias if record is pubmedqa.CONTENT_FREE else [b + s for b, s in zip(bias, signal[record.decision])]
+        text = tokenizer.decode(prompt)
+        if "Question: N/A" in text:  # the content-free question
+            return bias
+        record = next(r for r in records if f"Question: {r.question}" in text)
+        return [b + s for b, s in zip(bias, signal[record.decision])]
 
     monkeypatch.setattr(pubmedqa, "answer_scores", scores)
-    result = pubmedqa.pubmedqa_accuracy(model, tok, records, max_tokens=64)
+    result = pubmedqa.evaluate(model, tok, records, "instructed", max_tokens=64, resamples=100)
     assert result["predicted"] == {"no": 3} and result["accuracy"] == pytest.approx(1 / 3)
     assert result["calibrated_accuracy"] == 1.0 and result["calibrated_predicted"] == {"yes": 1, "no": 1, "maybe": 1}
+
+
+class FixedLM(torch.nn.Module):
+    """Logits fixed by hand at every position: 0 for every token but the three verdicts."""
+
+    def __init__(self, vocab_size: int, verdict_logits: dict[int, float]):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the model a device
+        self.logits = torch.zeros(vocab_size)
+        for token, value in verdict_logits.items():
+            self.logits[token] = value
+        self.seen = []
+
+    def forward(self, input_ids, **_):
+        from types import SimpleNamespace
+
+        self.seen.append(input_ids[0].tolist())
+        return SimpleNamespace(logits=self.logits.expand(*input_ids.shape, -1).clone())
+
+
+def test_pubmedqa_lm_eval_prompt_and_scores_by_hand():
+    """lm-eval's pubmedqa prompt, verbatim, and each verdict's log-likelihood computed by hand."""
+    tok = gpt2_tokenizer()
+    record = QARecord("7", "Does the drug work?", "Part one. Part two.", "", "no", ("Part one.", "Part two."))
+    prompt = pubmedqa.lm_eval_prompt_ids(tok, record, max_tokens=512)
+    assert tok.decode(prompt) == "Abstract: Part one.\nPart two.\nQuestion: Does the drug work?\nAnswer:"
+    assert prompt == encode(tok, pubmedqa.lm_eval_text(record))  # GPT-2 adds no BOS, and neither does lm-eval
+    yes, no, maybe = (encode(tok, f" {a}")[0] for a in pubmedqa.ANSWERS)
+    model = FixedLM(len(tok), {yes: 1.0, no: 3.0, maybe: 2.0})
+    z = (len(tok) - 3) + math.e + math.e ** 3 + math.e ** 2  # softmax denominator, by hand
+    assert pubmedqa.answer_scores(model, tok, prompt) == pytest.approx([1 - math.log(z), 3 - math.log(z),
+                                                                        2 - math.log(z)], rel=1e-5)  # fp32
+    shot = QARecord("3", "Is water wet?", "Water.", "", "yes", ("Water.",))
+    few = pubmedqa.lm_eval_prompt_ids(tok, record, 512, [shot], 64)
+    assert tok.decode(few) == ("Abstract: Water.\nQuestion: Is water wet?\nAnswer: yes\n\n"
+                               "Abstract: Part one.\nPart two.\nQuestion: Does the drug work?\nAnswer:")
+    result = pubmedqa.evaluate(model, tok, [record, shot], "lm-eval", resamples=200)
+    assert result["predicted"] == {"no": 2} and result["accuracy"] == 0.5 and model.seen[0] == prompt
+    assert result["confusion"] == {"yes": {"no": 1}, "no": {"no": 1}, "maybe": {}}
+    assert result["macro_f1"] == pytest.approx((0 + 2 / 3 + 0) / 3)  # F1(no) = 2*1/(2*1+1+0)
+
+
+def test_long_abstracts_are_cut_from_the_start_keeping_the_question():
+    tok = gpt2_tokenizer()
+    record = QARecord("1", "Is it?", "", "", "yes", ("word " * 400 + "the last finding.",))
+    prompt = pubmedqa.lm_eval_prompt_ids(tok, record, max_tokens=40)
+    assert len(prompt) <= 40
+    assert tok.decode(prompt).startswith("Abstract: ") and tok.decode(prompt).endswith(
+        "the last finding.\nQuestion: Is it?\nAnswer:")
+
+
+def test_classification_report_by_hand():
+    from lmlab.metrics.bootstrap import classification_report
+
+    gold = ["yes"] * 6 + ["no"] * 3 + ["maybe"]
+    constant = classification_report(gold, ["yes"] * 10, pubmedqa.ANSWERS, resamples=500)
+    assert constant["accuracy"] == 0.6 == constant["majority_baseline"] and constant["majority_class"] == "yes"
+    assert constant["macro_f1"] == pytest.approx((2 * 6 / (2 * 6 + 4)) / 3)  # F1(yes) = 0.75; the others 0
+    low, high = constant["accuracy_ci95"]
+    assert low < 0.6 < high and 0 <= low and high <= 1
+    perfect = classification_report(gold, gold, pubmedqa.ANSWERS, resamples=200)
+    assert perfect["accuracy_ci95"] == (1.0, 1.0) and perfect["macro_f1"] == 1.0
+
+
+def test_few_shot_examples_come_from_training_questions_only(domain_data, monkeypatch):
+    from lmlab.pretrained.domain_data import pubmedqa_records
+    from lmlab.recipes import ft_eval
+
+    test_ids = {r.id for r in pubmedqa_records()["test"]}
+    pools = []
+
+    def spy(model, tok, records, variant, shots, pool, *args):
+        pools.append(pool)
+        assert {r.id for r in records} <= test_ids
+        return {"accuracy": 0.0, "accuracy_ci95": (0, 0), "macro_f1": 0.0, "questions": len(records),
+                "majority_baseline": 0.5, "predicted": {}}
+
+    monkeypatch.setattr(pubmedqa, "evaluate", spy)
+    cfg = ft_eval.configure("smoke")
+    ft_eval._pubmedqa(None, None, cfg.pubmedqa)
+    assert pools and all(len(p) > 300 and not {r.id for r in p} & test_ids for p in pools)

@@ -194,8 +194,13 @@ class PerplexityEval:
 
 @dataclass
 class PubmedqaEval:
-    questions: int = key(min=1)
-    max_prompt_tokens: int = key(min=8)
+    questions: int = key(min=1)            # the first N official test ids in file order (500 = all)
+    max_prompt_tokens: int = key(min=8)    # the question's prompt; its abstract is cut from the start to fit
+    shots: list[int]                       # lm-eval variant: 0 = zero-shot, k = k training examples
+    shot_tokens: int = key(min=8)          # each example's prompt, cut the same way
+    variants: list[str] = key(item_choices=("lm-eval", "instructed"))
+    seed: int                              # few-shot draws and bootstrap resamples
+    resamples: int = key(min=100)          # bootstrap resamples for the 95% intervals
 
 
 @dataclass

@@ -22,9 +22,10 @@ class Document:
 class QARecord:
     id: str
     question: str
-    context: str  # the abstract's sentences, joined by spaces
+    context: str  # the abstract's sections, joined by spaces
     long_answer: str
     decision: str  # yes | no | maybe
+    contexts: tuple[str, ...] = ()  # the abstract's sections as given (lm-eval joins them with line ends)
 
 
 def pubmed_documents(limit: int | None = None) -> list[Document]:
@@ -42,8 +43,8 @@ def pubmed_documents(limit: int | None = None) -> list[Document]:
 def pubmedqa_questions() -> list[QARecord]:
     """Every PQA-L question in file order."""
     data = json.loads(corpora.split_path("pubmedqa", "all").read_text(encoding="utf-8"))
-    return [QARecord(qid, q["QUESTION"], " ".join(q["CONTEXTS"]), q["LONG_ANSWER"], q["final_decision"])
-            for qid, q in data.items()]
+    return [QARecord(qid, q["QUESTION"], " ".join(q["CONTEXTS"]), q["LONG_ANSWER"], q["final_decision"],
+                     tuple(q["CONTEXTS"])) for qid, q in data.items()]
 
 
 def pubmedqa_test_ids() -> set[str]:

@@ -90,11 +90,13 @@ def _user_documents(kind: str, path: Path) -> list[Document]:
 # --- tokenising and packing --------------------------------------------------------------------------------
 
 def separator_id(tokenizer) -> int:
-    """The end-of-text token put between documents: ``<|endoftext|>`` when the vocabulary has it, else EOS."""
-    for token in ("<|endoftext|>",):
-        tid = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
-            return tid
+    """The end-of-text token put between documents: ``<|endoftext|>`` when the vocabulary has it as a token of
+    its own (GPT-2 50256; SmolLM2 0, which SmolLM2-Instruct also names its unknown token), else the EOS token
+    (Gemma's ``<eos>``). Chat models' end-of-turn tokens (SmolLM2-Instruct's EOS ``<|im_end|>``) are not
+    document separators, so ``<|endoftext|>`` is looked up first."""
+    vocab = tokenizer.get_vocab()
+    if "<|endoftext|>" in vocab:
+        return vocab["<|endoftext|>"]
     if tokenizer.eos_token_id is None:
         raise LmlabError("the tokenizer has neither <|endoftext|> nor an EOS token to separate documents")
     return tokenizer.eos_token_id

@@ -1,22 +1,72 @@
-"""PubMedQA zero-shot: the prompt is the abstract, the question and a fixed instruction; the prediction is the
-answer among " yes", " no", " maybe" with the highest total log-likelihood, reported raw and after contextual
-calibration (minus the scores for a content-free question)."""
+"""PubMedQA (PQA-L), scored as lm-evaluation-harness's ``pubmedqa`` task does, and a second, instructed variant.
+
+``lm-eval`` (the headline): the prompt is ``"Abstract: {contexts joined by \\n}\\nQuestion: {question}\\nAnswer:"``;
+each of the continuations ``" yes"``, ``" no"``, ``" maybe"`` is scored by its summed log-likelihood and the
+highest wins. As in lm-eval, no start token is added unless the tokenizer adds one itself (Gemma's BOS).
+Few-shot: k examples drawn from the *training* questions (never a test id) with a seeded generator, a new draw
+per question, each written as its prompt plus ``" " + answer`` and joined by a blank line, as lm-eval does.
+To keep CPU cost bounded, an abstract is cut from its start (its end, next to the question, is kept) to
+``max_prompt_tokens`` for the question and ``shot_tokens`` for each example.
+
+``instructed``: the abstract, the question and the instruction "Answer the question with yes, no or maybe.",
+also reported after contextual calibration (Zhao et al., 2021: each verdict's score minus its score for a
+content-free question). It answers with a constant prior for small models; kept as a named variant only.
+"""
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 import torch
 
 from lmlab.data.documents import QARecord
+from lmlab.metrics.bootstrap import classification_report
 from lmlab.pretrained.domain_data import encode, start_ids
 from lmlab.pretrained.likelihood import continuation_logprobs, model_device
 
 ANSWERS = ("yes", "no", "maybe")
+VARIANTS = ("lm-eval", "instructed")
 PUBMEDQA_INSTRUCTION = "Answer the question with yes, no or maybe."
+# A question with no content: its answer scores are the model's prior over the verdicts in this prompt.
+CONTENT_FREE = QARecord("content-free", "N/A", "N/A", "", "", ("N/A",))
+PAPER_MAJORITY = 0.552  # PubMedQA paper (Jin et al., 2019): majority class over all 1,000 PQA-L questions
 
 
-def pubmedqa_prompt_ids(tokenizer, record: QARecord, max_tokens: int) -> list[int]:
+def lm_eval_text(record: QARecord) -> str:
+    """lm-eval's ``doc_to_text`` for pubmedqa."""
+    return "Abstract: {}\nQuestion: {}\nAnswer:".format("\n".join(record.contexts), record.question)
+
+
+def lm_eval_prompt_ids(tokenizer, record: QARecord, max_tokens: int, shots: list[QARecord] = (),
+                       shot_tokens: int = 0) -> list[int]:
+    """The whole context as one string, encoded once as lm-eval does (BOS first only where the tokenizer adds
+    one): the examples, each ``text + " " + answer``, then the question, joined by blank lines."""
+    probe = tokenizer("a").input_ids
+    prefix = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and probe and \
+        probe[0] == tokenizer.bos_token_id else []
+    parts = [f"{_fitted_text(tokenizer, s, shot_tokens)} {s.decision}" for s in shots]
+    return prefix + encode(tokenizer, "\n\n".join([*parts, _fitted_text(tokenizer, record, max_tokens)]))
+
+
+def _fitted_text(tokenizer, record: QARecord, max_tokens: int) -> str:
+    """lm-eval's text of ``record`` in at most ``max_tokens`` tokens: the abstract is cut from its start (its
+    end, next to the question, is kept)."""
+    text = lm_eval_text(record)
+    if len(encode(tokenizer, text)) <= max_tokens:
+        return text
+    frame = len(encode(tokenizer, lm_eval_text(QARecord("", record.question, "", "", "", ("",)))))
+    abstract = encode(tokenizer, "\n".join(record.contexts))
+    room = max(0, max_tokens - frame - 2)  # 2 tokens of slack for re-tokenisation at the cut
+    while True:
+        kept = tokenizer.decode(abstract[len(abstract) - room:]) if room else ""
+        text = "Abstract: {}\nQuestion: {}\nAnswer:".format(kept.lstrip(), record.question)
+        if len(encode(tokenizer, text)) <= max_tokens or room == 0:
+            return text
+        room -= 1
+
+
+def instructed_prompt_ids(tokenizer, record: QARecord, max_tokens: int) -> list[int]:
     head = encode(tokenizer, "Abstract: ")
     tail = encode(tokenizer, f"\nQuestion: {record.question}\n{PUBMEDQA_INSTRUCTION}\nAnswer:")
     context = encode(tokenizer, record.context)
@@ -26,10 +76,9 @@ def pubmedqa_prompt_ids(tokenizer, record: QARecord, max_tokens: int) -> list[in
 
 
 @torch.no_grad()
-def answer_scores(model, tokenizer, record: QARecord, max_tokens: int) -> list[float]:
-    """log P(" yes" | prompt), log P(" no" | prompt), log P(" maybe" | prompt)."""
+def answer_scores(model, tokenizer, prompt: list[int]) -> list[float]:
+    """log P(" yes" | prompt), log P(" no" | prompt), log P(" maybe" | prompt), each summed over its tokens."""
     answers = [encode(tokenizer, f" {a}") for a in ANSWERS]
-    prompt = pubmedqa_prompt_ids(tokenizer, record, max_tokens)
     if all(len(a) == 1 for a in answers):  # one forward pass serves all three answers
         x = torch.tensor(prompt, device=model_device(model))[None]
         logp = model(input_ids=x).logits[0, -1].float().log_softmax(-1)
@@ -37,28 +86,34 @@ def answer_scores(model, tokenizer, record: QARecord, max_tokens: int) -> list[f
     return continuation_logprobs(model, prompt, answers)
 
 
-# A question with no content: its answer scores are the model's prior over the verdicts in this prompt.
-CONTENT_FREE = QARecord("content-free", "N/A", "N/A", "", "")
+def _best(scores: list[float]) -> str:
+    return ANSWERS[max(range(3), key=scores.__getitem__)]
 
 
 @torch.no_grad()
-def pubmedqa_accuracy(model, tokenizer, records: list[QARecord], max_tokens: int) -> dict:
-    """Accuracy of the highest-scoring verdict, and the same after contextual calibration (Zhao et al., 2021):
-    each verdict's score minus its score for a content-free question, which removes the model's fixed bias
-    towards one answer, so the calibrated number says how much the abstract and question move the verdict."""
-    prior = answer_scores(model, tokenizer, CONTENT_FREE, max_tokens)
+def evaluate(model, tokenizer, records: list[QARecord], variant: str = "lm-eval", shots: int = 0,
+             shot_pool: list[QARecord] = (), max_tokens: int = 512, shot_tokens: int = 256, seed: int = 0,
+             resamples: int = 1000) -> dict:
+    """Scores of one variant and shot count on ``records``: accuracy and macro-F1 with 95% bootstrap intervals,
+    the verdict distribution, the confusion matrix and the majority baseline on the same questions."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown PubMedQA variant '{variant}': choose one of {', '.join(VARIANTS)}")
+    rng = random.Random(seed)
     predictions, calibrated = [], []
+    prior = answer_scores(model, tokenizer, instructed_prompt_ids(tokenizer, CONTENT_FREE, max_tokens)) \
+        if variant == "instructed" else None
     for r in records:
-        scores = answer_scores(model, tokenizer, r, max_tokens)
-        predictions.append(ANSWERS[max(range(3), key=scores.__getitem__)])
-        calibrated.append(ANSWERS[max(range(3), key=lambda i: scores[i] - prior[i])])
+        if variant == "lm-eval":
+            examples = rng.sample(list(shot_pool), shots) if shots else []
+            scores = answer_scores(model, tokenizer, lm_eval_prompt_ids(tokenizer, r, max_tokens, examples, shot_tokens))
+        else:
+            scores = answer_scores(model, tokenizer, instructed_prompt_ids(tokenizer, r, max_tokens))
+            calibrated.append(_best([s - p for s, p in zip(scores, prior)]))
+        predictions.append(_best(scores))
     gold = [r.decision for r in records]
-    majority, majority_n = Counter(gold).most_common(1)[0]
-    return {
-        "accuracy": sum(p == g for p, g in zip(predictions, gold)) / len(records),
-        "calibrated_accuracy": sum(p == g for p, g in zip(calibrated, gold)) / len(records),
-        "questions": len(records), "majority_class": majority, "majority_baseline": majority_n / len(records),
-        "predicted": dict(Counter(predictions)), "calibrated_predicted": dict(Counter(calibrated)),
-        "content_free_scores": dict(zip(ANSWERS, prior)),
-        "confusion": {g: dict(Counter(p for p, gg in zip(predictions, gold) if gg == g)) for g in ANSWERS},
-    }
+    out = dict(classification_report(gold, predictions, ANSWERS, resamples, seed), variant=variant, shots=shots,
+               paper_majority_all_1000=PAPER_MAJORITY)
+    if variant == "instructed":
+        out.update(calibrated_accuracy=sum(p == g for p, g in zip(calibrated, gold)) / len(gold),
+                   calibrated_predicted=dict(Counter(calibrated)), content_free_scores=dict(zip(ANSWERS, prior)))
+    return out

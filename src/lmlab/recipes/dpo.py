@@ -104,7 +104,7 @@ def _measure(cfg: DpoConfig, policy, tokenizer, pairs, policy_logps, reference_l
     e = cfg.eval
     metrics = preferences.preference_metrics(policy_logps, reference_logps, cfg.dpo.beta)
     records = pubmedqa_records()["test"][: e.pubmedqa_questions]
-    qa = pubmedqa.pubmedqa_accuracy(policy, tokenizer, records, e.pubmedqa_max_prompt_tokens)
+    qa = pubmedqa.evaluate(policy, tokenizer, records, "lm-eval", 0, max_tokens=e.pubmedqa_max_prompt_tokens)
     text = head(load_eval_text(e.general_corpus).text, e.general_chars)
     score = perplexity.score_texts(policy, tokenizer, [text], e.window, e.stride).as_dict()
     # the prompts are already in the chat template, so no start-of-document token before them

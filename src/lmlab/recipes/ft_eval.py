@@ -45,10 +45,8 @@ def evaluate_model(name: str, cfg: FtEvalConfig) -> results.ModelEvaluation:
         scores[corpus] = perplexity.score_texts(model, tokenizer, docs, p.window, p.stride).as_dict()
         log.info("  %s: token ppl %.3f, word ppl %.3f, byte ppl %.4f", corpus, scores[corpus]["token_ppl"],
                  scores[corpus]["word_ppl"], scores[corpus]["byte_ppl"])
-    records = pubmedqa_records()["test"][: q.questions]
-    qa = pubmedqa.pubmedqa_accuracy(model, tokenizer, records, q.max_prompt_tokens)
-    log.info("  PubMedQA: %.3f (calibrated %.3f) on %d test questions (majority %.3f)", qa["accuracy"],
-             qa["calibrated_accuracy"], qa["questions"], qa["majority_baseline"])
+    qa = _pubmedqa(model, tokenizer, q)
+    headline = qa["lm-eval 0-shot"] if "lm-eval 0-shot" in qa else next(iter(qa.values()))
     general_text = "\n".join(general.values())  # whole texts: a stable reference
     term_docs = splits.train[: c.term_docs] if c.term_docs else splits.train
     terms = cloze.domain_terms(term_docs, general_text)
@@ -66,9 +64,28 @@ def evaluate_model(name: str, cfg: FtEvalConfig) -> results.ModelEvaluation:
         general_ppl={k: v["token_ppl"] for k, v in scores.items() if k != p.domain},
         word_ppl={k: v["word_ppl"] for k, v in scores.items()}, byte_ppl={k: v["byte_ppl"] for k, v in scores.items()},
         bits_per_byte={k: v["bits_per_byte"] for k, v in scores.items()}, perplexity=scores,
-        pubmedqa_acc=qa["accuracy"], pubmedqa_calibrated_acc=qa["calibrated_accuracy"], pubmedqa=qa,
+        pubmedqa_acc=headline["accuracy"], pubmedqa=headline, pubmedqa_settings=qa,
+        pubmedqa_calibrated_acc=qa.get("instructed 0-shot", {}).get("calibrated_accuracy"),
         cloze_acc=blanks["accuracy"], cloze=blanks, completions=completions, settings=to_dict(cfg),
         seconds=time.perf_counter() - started, threads=torch.get_num_threads())
+
+
+def _pubmedqa(model, tokenizer, q) -> dict[str, dict]:
+    """Every configured variant and shot count on the first ``q.questions`` official test ids; few-shot
+    examples come from the training questions only."""
+    records = pubmedqa_records()
+    test, pool = records["test"][: q.questions], records["train"]
+    out = {}
+    for variant in q.variants:
+        for shots in (q.shots if variant == "lm-eval" else [0]):
+            name = f"{variant} {shots}-shot"
+            out[name] = pubmedqa.evaluate(model, tokenizer, test, variant, shots, pool, q.max_prompt_tokens,
+                                          q.shot_tokens, q.seed, q.resamples)
+            r = out[name]
+            log.info("  PubMedQA %s: accuracy %.3f [%.3f, %.3f], macro-F1 %.3f on %d test questions (majority %.3f; "
+                     "answers %s)", name, r["accuracy"], *r["accuracy_ci95"], r["macro_f1"], r["questions"],
+                     r["majority_baseline"], r["predicted"])
+    return out
 
 
 def run(models: list[str], cfg: FtEvalConfig, out: Path | None = None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from lmlab import results
 from lmlab.config import StudyConfig
 from lmlab.report.plots import plot_size_curves
-from lmlab.report.tables import finetune_table
+from lmlab.report.tables import finetune_table, pubmedqa_table
 from lmlab.results import (
     FinetuneFinal,
     ModelEvaluation,
@@ -68,10 +68,18 @@ def finetune_section(layout: StudyLayout, r: dict) -> list[str]:
                   finetune_table({names[k]: v for k, v in r["evals"].items()}), ""]
         before = r["evals"]["before"]
         examples = before.cloze["examples"]
-        parts += [f"PubMedQA: zero-shot on the first {before.pubmedqa['questions']} official test questions "
-                  f"(majority class `{before.pubmedqa['majority_class']}`); fill-in-the-blank: "
-                  f"{before.cloze['items']} held-out abstracts, {len(examples[0]['candidates']) if examples else 0} "
-                  "candidates each.", ""]
+        if before.pubmedqa_settings:
+            parts += ["#### PubMedQA (lm-evaluation-harness protocol)", "",
+                      pubmedqa_table({names[k]: v for k, v in r["evals"].items()}), "",
+                      f"Prompt `Abstract: …\\nQuestion: …\\nAnswer:`, each verdict scored by its summed log-likelihood, "
+                      f"on the first {before.pubmedqa['questions']} official test ids (500 = all); few-shot examples "
+                      "come from training ids only. Intervals: 95% percentile bootstrap over the questions. The "
+                      "PubMedQA paper's majority baseline over all 1,000 PQA-L questions is 55.2%.", ""]
+        else:
+            parts += [f"PubMedQA: zero-shot on the first {before.pubmedqa['questions']} official test questions "
+                      f"(majority class `{before.pubmedqa['majority_class']}`).", ""]
+        parts += [f"Fill-in-the-blank: {before.cloze['items']} held-out abstracts, "
+                  f"{len(examples[0]['candidates']) if examples else 0} candidates each.", ""]
     for mode in r["finals"]:
         parts += [f"![{mode} fine-tune curves](finetune/{mode}/curves.png)", ""]
     if r["sizes"]:

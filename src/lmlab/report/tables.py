@@ -61,11 +61,17 @@ def finetune_table(results: dict[str, ModelEvaluation]) -> str:
     for corpus in first.byte_ppl:
         rows.append((f"{corpus} byte ppl", lambda r, c=corpus: r.byte_ppl[c], "{:.4f}"))
     nan = float("nan")
-    rows += [("PubMedQA accuracy", lambda r: r.pubmedqa_acc, "{:.3f}"),
-             ("PubMedQA accuracy, calibrated", lambda r: nan if r.pubmedqa_calibrated_acc is None
-              else r.pubmedqa_calibrated_acc, "{:.3f}"),
-             ("PubMedQA majority baseline", lambda r: r.pubmedqa["majority_baseline"], "{:.3f}"),
-             ("fill-in-the-blank accuracy", lambda r: r.cloze_acc, "{:.3f}")]
+    if first.pubmedqa_settings:  # lm-eval protocol: every setting with its 95% interval
+        for name in first.pubmedqa_settings:
+            rows.append((f"PubMedQA accuracy, {name} [95% CI]",
+                         lambda r, n=name: _with_ci(r.pubmedqa_settings[n], "accuracy"), "{}"))
+        rows.append(("PubMedQA majority baseline (same questions)", lambda r: r.pubmedqa["majority_baseline"], "{:.3f}"))
+    else:  # results written before the lm-eval protocol
+        rows += [("PubMedQA accuracy", lambda r: r.pubmedqa_acc, "{:.3f}"),
+                 ("PubMedQA accuracy, calibrated", lambda r: nan if r.pubmedqa_calibrated_acc is None
+                  else r.pubmedqa_calibrated_acc, "{:.3f}"),
+                 ("PubMedQA majority baseline", lambda r: r.pubmedqa["majority_baseline"], "{:.3f}")]
+    rows += [("fill-in-the-blank accuracy", lambda r: r.cloze_acc, "{:.3f}")]
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for label, get, fmt in rows:
         lines.append(f"| {label} | " + " | ".join(fmt.format(get(results[n])) for n in names) + " |")
@@ -78,4 +84,22 @@ def eval_table(results: list[dict]) -> str:
     for r in results:
         lines.append(f"| {r['model']} | {r['corpus']} | {r['tokens']:,} | {r['oov_rate']:.1%} | {r['ppl']:.1f} | "
                      f"{r['ppl_in_vocab']:.1f} | {r['shift']['kl_new_to_train']:.3f} |")
+    return "\n".join(lines)
+
+
+def _with_ci(result: dict, key: str) -> str:
+    low, high = result[f"{key}_ci95"]
+    return f"{result[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def pubmedqa_table(results: dict[str, ModelEvaluation]) -> str:
+    """PubMedQA per model and setting: accuracy and macro-F1 with 95% bootstrap intervals, the verdicts given,
+    and the majority baseline on the same questions."""
+    lines = ["| model | setting | questions | accuracy [95% CI] | macro-F1 [95% CI] | verdicts (yes/no/maybe) | "
+             "majority baseline |", "|---|---|---:|---:|---:|---|---:|"]
+    for model, r in results.items():
+        for name, s in (r.pubmedqa_settings or {}).items():
+            verdicts = "/".join(str(s["predicted"].get(a, 0)) for a in ("yes", "no", "maybe"))
+            lines.append(f"| {model} | {name} | {s['questions']} | {_with_ci(s, 'accuracy')} | "
+                         f"{_with_ci(s, 'macro_f1')} | {verdicts} | {s['majority_baseline']:.3f} ({s['majority_class']}) |")
     return "\n".join(lines)
