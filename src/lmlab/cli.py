@@ -68,7 +68,7 @@ def _finetune(args) -> None:
     from lmlab.recipes import finetune
 
     dataset = f"text:{args.text_file}" if args.text_file else f"jsonl:{args.jsonl}" if args.jsonl else args.dataset
-    cfg = finetune.configure(args.model, dataset, args.preset, args.overrides, lora=args.lora)
+    cfg = finetune.configure(args.model, dataset, args.preset, args.overrides, lora=args.lora, task=args.task)
     finetune.run(cfg, args.out, resume=args.resume)
 
 
@@ -175,6 +175,9 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--jsonl", type=Path, help="your own corpus: one JSON object a line with 'text'")
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) instead of all weights")
+    p.add_argument("--task", choices=("lm", "pubmedqa"),
+                   help="lm: language modelling on the corpus (default); pubmedqa: task fine-tuning on PubMedQA "
+                        "verdicts (training ids only), the checkpoint chosen on validation accuracy")
     p.set_defaults(func=_finetune)
 
     p = sub.add_parser("ft-eval", parents=[preset, threads],

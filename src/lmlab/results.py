@@ -95,6 +95,9 @@ class FinetuneFinal:
     processes: int
     threads: int
     best_general_ppl: float | None = None
+    task: str = "lm"                 # lm, or pubmedqa (task fine-tuning, checkpoint chosen on valid accuracy)
+    initial_valid_acc: float | None = None
+    best_valid_acc: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -156,3 +156,41 @@ def test_two_processes_under_torchrun_share_the_work(tiny_gpt2, corpus, tmp_path
     final = json.loads((tmp_path / "ddp" / "final.json").read_text())
     assert final["processes"] == 2 and final["tokens_trained"] == 4 * 2 * 2 * 32
     assert (tmp_path / "ddp" / "model" / "config.json").is_file()
+
+
+def test_verdict_examples_make_only_the_verdict_a_target():
+    from lmlab.data.documents import QARecord
+    from lmlab.pretrained.examples import IGNORE, verdict_examples
+    from tests.conftest import gpt2_tokenizer
+
+    tok = gpt2_tokenizer()
+    records = [QARecord("1", "Does it work?", "", "It does, in most patients.", "yes", ("Trial. " * 50,)),
+               QARecord("2", "Is it safe?", "", "Not clearly.", "maybe", ("Short.",))]
+    ex = verdict_examples(records, tok, seq_len=48)
+    assert ex.input_ids.shape[1] <= 48 and ex.weights.tolist() == [1, 1]
+    for i, verdict in enumerate(["yes", "maybe"]):
+        targets = ex.labels[i][ex.labels[i] != IGNORE].tolist()
+        assert tok.decode(targets) == f" {verdict}"
+        n = int(ex.attention_mask[i].sum())
+        assert tok.decode(ex.input_ids[i, :n].tolist()).endswith(f"\nAnswer: {verdict}")
+    long = verdict_examples(records[:1], tok, seq_len=64, long_answer=True)
+    assert tok.decode(long.labels[0][long.labels[0] != IGNORE].tolist()) == " yes. It does, in most patients.<|endoftext|>"
+
+
+def test_task_finetune_trains_on_training_ids_and_keeps_the_most_accurate_checkpoint(domain_data, tiny_gpt2, tmp_path,
+                                                                                        monkeypatch):
+    from lmlab.pretrained import examples
+    from lmlab.pretrained.domain_data import pubmedqa_records
+
+    test_ids = {r.id for r in pubmedqa_records()["test"]}
+    real, used = examples.verdict_examples, []
+    monkeypatch.setattr(finetune, "verdict_examples", lambda records, *a, **k: used.append(records) or real(records, *a, **k))
+    cfg = finetune.configure(str(tiny_gpt2), None, "smoke", ["train.general_corpus=", "data.seq_len=64",
+                             "train.steps=4", "train.eval_every=2", "optim.lr=1e-3"], task="pubmedqa")
+    final = finetune.run(cfg, tmp_path / "task")
+    assert used and all(not {r.id for r in records} & test_ids for records in used)
+    evals = [r for r in rundir.read_jsonl(tmp_path / "task" / rundir.METRICS) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 2, 4] and all(0 <= r["valid_acc"] <= 1 for r in evals)
+    best = max(evals[1:], key=lambda r: r["valid_acc"])  # the first of the most accurate evaluations after step 0
+    assert final.task == "pubmedqa" and final.best_valid_acc == best["valid_acc"] and final.best_step == best["step"]
+    assert (tmp_path / "task" / "model" / "config.json").is_file()

@@ -127,6 +127,8 @@ class ModelName:
 
 @dataclass
 class DomainData:
+    task: str = key(choices=("lm", "pubmedqa"))  # language modelling on `dataset`, or PubMedQA verdicts
+    long_answer: bool                      # pubmedqa task: the expert's long answer is a target too
     dataset: str
     seq_len: int = key(min=2)
     train_docs: int = key(min=0)
