@@ -209,3 +209,29 @@ def test_few_shot_examples_come_from_training_questions_only(domain_data, monkey
     cfg = ft_eval.configure("smoke")
     ft_eval._pubmedqa(None, None, cfg.pubmedqa)
     assert pools and all(len(p) > 300 and not {r.id for r in p} & test_ids for p in pools)
+
+
+def test_stride_grid_variant_equals_the_hugging_face_perplexity_guide(model):
+    """The guide's loop (transformers docs, "Perplexity of fixed-length models") with transformers' own loss,
+    each window's mean loss weighted by the tokens it really predicts, equals sliding_nll(last="stride")."""
+    tok = gpt2_tokenizer()
+    ids = start_ids(tok) + encode(tok, TEXT)
+    window, stride = 64, 24
+    nll_sum, n_tokens, prev_end = 0.0, 0, 0
+    for begin in range(0, len(ids), stride):
+        end = min(begin + window, len(ids))
+        trg_len = end - prev_end
+        input_ids = torch.tensor([ids[begin:end]])
+        target_ids = input_ids.clone()
+        target_ids[:, :-trg_len] = -100
+        with torch.no_grad():
+            loss = model(input_ids, labels=target_ids).loss.item()
+        predicted = int((target_ids[:, 1:] != -100).sum())  # the labels left after transformers' shift
+        nll_sum, n_tokens, prev_end = nll_sum + loss * predicted, n_tokens + predicted, end
+        if end == len(ids):
+            break
+    ours, count = perplexity.sliding_nll(model, ids, window, stride, last="stride")
+    assert count == n_tokens == len(ids) - 1
+    assert ours == pytest.approx(nll_sum, rel=1e-6)
+    default, _ = perplexity.sliding_nll(model, ids, window, stride)
+    assert default != pytest.approx(nll_sum, rel=1e-9)  # the default's last window has more context

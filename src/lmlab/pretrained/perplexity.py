@@ -33,15 +33,23 @@ class TextScore:
 
 
 @torch.no_grad()
-def sliding_nll(model, ids: list[int], window: int, stride: int) -> tuple[float, int]:
-    """(summed NLL, number of scored tokens) of ``ids[1:]`` given everything before, one window at a time."""
+def sliding_nll(model, ids: list[int], window: int, stride: int, last: str = "end") -> tuple[float, int]:
+    """(summed NLL, number of scored tokens) of ``ids[1:]`` given everything before, one window at a time.
+
+    Window k starts at k * stride and scores the tokens after the previous window's end. ``last="end"`` (lmlab's
+    default) starts the final window at ``len - window`` instead, so the text's last tokens get a full window of
+    context; ``last="stride"`` keeps every window on the stride grid, as the Hugging Face perplexity guide
+    does. Both score every token exactly once."""
     if not 0 < stride <= window - 1:
         raise ValueError("need 0 < stride < window")
+    if last not in ("end", "stride"):
+        raise ValueError("last must be 'end' or 'stride'")
     device = model_device(model)
-    total, count, scored_to = 0.0, 0, 1  # ids[:scored_to] are context only or already scored
+    total, count, scored_to, k = 0.0, 0, 1, 0  # ids[:scored_to] are context only or already scored
     while scored_to < len(ids):
         end = min(len(ids), max(scored_to + stride, window))
-        begin = max(0, end - window)
+        begin = max(0, end - window) if last == "end" else k * stride
+        k += 1
         x = torch.tensor(ids[begin:end], device=device)[None]
         logits = model(input_ids=x).logits[0].float()
         first = scored_to - begin - 1  # logits[k] predicts ids[begin + k + 1]

@@ -19,6 +19,7 @@ import random
 from collections import Counter
 
 import torch
+from tqdm import tqdm
 
 from lmlab.data.documents import QARecord
 from lmlab.metrics.bootstrap import classification_report
@@ -102,7 +103,7 @@ def evaluate(model, tokenizer, records: list[QARecord], variant: str = "lm-eval"
     predictions, calibrated = [], []
     prior = answer_scores(model, tokenizer, instructed_prompt_ids(tokenizer, CONTENT_FREE, max_tokens)) \
         if variant == "instructed" else None
-    for r in records:
+    for r in tqdm(records, desc=f"PubMedQA {variant} {shots}-shot", unit="q", leave=False, disable=len(records) < 50):
         if variant == "lm-eval":
             examples = rng.sample(list(shot_pool), shots) if shots else []
             scores = answer_scores(model, tokenizer, lm_eval_prompt_ids(tokenizer, r, max_tokens, examples, shot_tokens))
