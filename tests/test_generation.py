@@ -101,3 +101,30 @@ def test_lmlab_sample_takes_pretrained_models_beside_ptb_runs(tiny_gpt2, capsys)
     result = json.loads(capsys.readouterr().out)
     assert {r["strategy"] for r in result["samples"]} == {"greedy", "top-k k=40 T=1"}
     assert all(r["model"] == "model" and r["stats"]["fluency_ppl"] is None for r in result["samples"])
+
+
+def test_ban_unk_keeps_unk_out_of_word_level_samples(tiny_runs, capsys):
+    from lmlab.cli import main
+
+    args = ["sample", str(tiny_runs["lstm"]), "--prompt", "the zebra", "--strategy", "greedy", "--strategy", "top-k",
+            "--samples", "3", "--max-tokens", "40", "--json"]
+    assert main([*args, "--ban-unk"]) == 0
+    banned = json.loads(capsys.readouterr().out)
+    assert all("<unk>" not in s["text"].split() and s["stats"]["unk_rate"] == 0 for s in banned["samples"])
+    assert len(banned["samples"]) == 4 and all(len(s["text"].split()) == 40 for s in banned["samples"])
+
+
+def test_a_banned_id_is_never_chosen_even_when_it_is_the_most_likely():
+    class Loves3:
+        """A 'family' whose every step puts most probability on id 3."""
+
+        def stepper(self, model, device, use_cache=True):
+            return lambda tokens, new: torch.tensor([0.0, 1.0, 0.5, 9.0])
+
+    model = torch.nn.Linear(1, 1)
+    greedy = SamplingSettings("greedy", max_tokens=5)
+    assert generate(model, Loves3(), [0], greedy) == [3] * 5
+    assert generate(model, Loves3(), [0], greedy, banned=[3]) == [1] * 5
+    sampled = generate(model, Loves3(), [0], SamplingSettings("temperature", temperature=5.0, max_tokens=200), seed=1,
+                       banned=[3])
+    assert 3 not in sampled and {0, 1, 2} == set(sampled)

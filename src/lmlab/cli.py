@@ -56,7 +56,7 @@ def _sample(args) -> None:
     except ValueError as e:
         raise LmlabError(str(e)) from e
     result = sample.run(args.runs, args.prompt if args.prompt is not None else [""], settings, seed=args.seed,
-                        samples=args.samples, judge=args.judge, out=args.out)
+                        samples=args.samples, judge=args.judge, out=args.out, ban_unk=args.ban_unk)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -161,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=1, help="seeds per stochastic strategy (seed, seed+1, …)")
     p.add_argument("--judge", type=Path, metavar="RUN_DIR",
                    help="model that scores fluency (default: the best other model given)")
+    p.add_argument("--ban-unk", action="store_true", help="word-level models never emit <unk>")
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", type=Path, help="also write the JSON here")
     p.set_defaults(func=_sample)

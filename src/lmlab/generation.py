@@ -65,9 +65,12 @@ def next_token(logits: torch.Tensor, history: list[int], s: SamplingSettings, ge
 
 
 @torch.no_grad()
-def generate(model, family, prompt_ids: list[int], s: SamplingSettings, seed: int = 0, use_cache: bool = True) -> list[int]:
+def generate(model, family, prompt_ids: list[int], s: SamplingSettings, seed: int = 0, use_cache: bool = True,
+             banned: list[int] = ()) -> list[int]:
     """Continue ``prompt_ids`` (which must be non-empty) by ``s.max_tokens`` ids; ``family`` (lmlab.families)
-    steps the model: recurrent state, the Transformer's key/value cache, or a pretrained model's own cache."""
+    steps the model: recurrent state, the Transformer's key/value cache, or a pretrained model's own cache.
+    ``banned`` ids are never chosen (their probability is set to zero before any strategy applies), e.g. a
+    word-level model's ``<unk>``."""
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     step = family.stepper(model, next(model.parameters()).device, use_cache)
@@ -76,6 +79,9 @@ def generate(model, family, prompt_ids: list[int], s: SamplingSettings, seed: in
     logits = step(tokens, len(tokens))
     # long generations show progress (on stderr), so they never look like a hang
     for _ in tqdm(range(s.max_tokens), desc="generating", unit="tok", leave=False, disable=s.max_tokens < 1000):
+        if banned:
+            logits = logits.clone()
+            logits[list(banned)] = float("-inf")
         token = next_token(logits, tokens, s, generator)
         tokens.append(token)
         out.append(token)

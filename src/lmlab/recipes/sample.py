@@ -32,8 +32,9 @@ STAT_KEYS = ("distinct_1", "distinct_2", "distinct_3", "repeated_4gram_rate", "l
 
 
 def run(run_dirs: list[Path], prompts: list[str], settings: list[SamplingSettings], seed: int = 0,
-        samples: int = 1, judge: Path | None = None, out: Path | None = None) -> dict:
-    """Every sample with its statistics (``samples``) and their means per model and strategy (``summary``)."""
+        samples: int = 1, judge: Path | None = None, out: Path | None = None, ban_unk: bool = False) -> dict:
+    """Every sample with its statistics (``samples``) and their means per model and strategy (``summary``).
+    ``ban_unk``: word-level models never emit ``<unk>`` (their greedy text otherwise loops on it)."""
     if samples < 1:
         raise LmlabError(f"--samples {samples} is not allowed: give at least 1")
     # Decide locally what each name is before loading anything (a run directory, or a pretrained model).
@@ -51,7 +52,8 @@ def run(run_dirs: list[Path], prompts: list[str], settings: list[SamplingSetting
             prompt_ids = model.vocab.encode([EOS, *prompt_words]).tolist()
             for s in settings:
                 for sd in _seeds(s, seed, samples):
-                    ids = generate(model.model, model.family, prompt_ids, s, seed=sd)
+                    ids = generate(model.model, model.family, prompt_ids, s, seed=sd,
+                                   banned=[model.vocab.unk_id] if ban_unk else [])
                     words = model.vocab.decode(ids)
                     row = {"model": model.name, "prompt": prompt, "strategy": s.label, "seed": sd,
                            "settings": asdict(s), "text": " ".join(words), "stats": text_statistics(words)}

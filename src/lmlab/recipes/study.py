@@ -27,6 +27,7 @@ from lmlab.generation import SamplingSettings
 from lmlab.recipes import dpo, evaluate, finetune, ft_eval, sample, train
 from lmlab.report.comparison import write_comparison
 from lmlab.report.document import write_report
+from lmlab.report.pretrained import qa_summary
 from lmlab.report.tables import finetune_table, perplexity_table
 from lmlab.training import rundir
 
@@ -179,6 +180,7 @@ def ft_eval_step(runner: Steps, study: StudyConfig, preset: str) -> None:
                                             lambda model=model: ft_eval.evaluate_model(model, cfg))
         results.write(run_dir / results.BEFORE, evaluated["before"])
     (layout.finetune / "comparison.md").write_text(finetune_table(evaluated) + "\n", encoding="utf-8")
+    rundir.write_json(layout.finetune / "qa.json", qa_summary(evaluated))
 
 
 def dpo_step(runner: Steps, study: StudyConfig, preset: str) -> None:

@@ -216,3 +216,13 @@ def _pct(before: float, after: float) -> str:
 
 def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
+
+
+def qa_summary(evaluations: dict[str, ModelEvaluation]) -> dict:
+    """qa.json: per evaluated model (and starting point) and PubMedQA setting, the scores with their 95% intervals,
+    the verdicts given, the majority baseline on the same questions and the number of questions."""
+    keys = ("questions", "accuracy", "accuracy_ci95", "macro_f1", "macro_f1_ci95", "predicted", "gold",
+            "majority_class", "majority_baseline", "confusion")
+    return {name: {"model": e.model, "settings": {s: {k: r[k] for k in keys if k in r}
+                                                  for s, r in (e.pubmedqa_settings or {}).items()}}
+            for name, e in evaluations.items()}
