@@ -35,7 +35,12 @@ def _eval(args) -> None:
     from lmlab.report.comparison import write_comparison
     from lmlab.report.tables import eval_table
 
-    rows = evaluate.run(args.runs, args.corpus)
+    rows = evaluate.run(args.runs, args.corpus, per_token=bool(args.tokens))
+    if args.tokens:
+        rows, tokens = rows
+        args.tokens.parent.mkdir(parents=True, exist_ok=True)
+        args.tokens.write_text("".join(json.dumps(r) + "\n" for r in tokens), encoding="utf-8")
+        log.info("%d per-token records written to %s", len(tokens), args.tokens)
     print(json.dumps(rows, indent=2) if args.json else eval_table(rows))
     if args.compare:
         summary = write_comparison(rows, args.compare)
@@ -146,6 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per (run, corpus)")
     p.add_argument("--compare", type=Path, metavar="DIR",
                    help="also write cross_domain.{md,csv,png} to DIR (needs ptb:test among the corpora)")
+    p.add_argument("--tokens", type=Path, metavar="FILE",
+                   help="also write every scored token as a JSON line: word, token, nll, bits, prob, rank, top-5")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("sample", parents=[threads], help="generate from trained runs, side by side, with text statistics")

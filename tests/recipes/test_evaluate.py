@@ -83,3 +83,25 @@ def test_bad_corpus_is_one_line(tiny_runs, capsys, spec, message):
 def test_missing_run_dir_is_one_line(tmp_path, capsys, tiny_corpus):
     assert main(["eval", str(tmp_path / "nope"), "--corpus", f"file:{tiny_corpus / 'test.txt'}"]) == 2
     assert "run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["lstm", "transformer"])
+def test_per_token_records_add_up_to_the_evaluation(tiny_runs, tmp_path, capsys, model):
+    """`lmlab eval --tokens` writes what the page colours: the same NLLs that make the perplexity, each with
+    its probability, rank and the model's five most likely tokens."""
+    text = tmp_path / "t.txt"
+    text.write_text("The cat sees the zebra. A dog likes fish.\n")
+    out = tmp_path / "tokens.jsonl"
+    assert main(["eval", str(tiny_runs[model]), "--corpus", f"file:{text}", "--tokens", str(out), "--json"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == result["tokens"] and [r["index"] for r in rows] == list(range(len(rows)))
+    assert sum(r["nll"] for r in rows) == pytest.approx(result["nll"], rel=1e-12)
+    assert [r["word"] for r in rows if r["oov"]] == ["zebra"] and sum(r["oov"] for r in rows) == result["oov_words"]
+    for r in rows:
+        assert r["prob"] == pytest.approx(math.exp(-r["nll"])) and r["bits"] == pytest.approx(r["nll"] / math.log(2))
+        probs = [t["prob"] for t in r["top"]]
+        assert len(probs) == 5 and probs == sorted(probs, reverse=True)
+        assert (r["rank"] == 1) == (r["top"][0]["token"] == r["token"])
+        if r["rank"] <= 5:
+            assert r["top"][r["rank"] - 1]["prob"] == pytest.approx(r["prob"], rel=1e-6)

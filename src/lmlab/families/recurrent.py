@@ -11,15 +11,14 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
-from lmlab.data.batching import IGNORE, batchify, batchify_padded, bptt_windows
-from lmlab.families.base import scored_in_eval_mode
+from lmlab.data.batching import batchify, batchify_padded, bptt_windows
+from lmlab.families.base import WordLevelScoring, position_stats, scored_in_eval_mode
 from lmlab.models.recurrent import RecurrentLM
 from lmlab.training.runtime import shard
 
 
-class RecurrentFamily:
+class RecurrentFamily(WordLevelScoring):
     name = "recurrent"
 
     def build(self, options, vocab_size):
@@ -41,22 +40,24 @@ class RecurrentFamily:
         return {"batch_size": data.eval_batch_size, "bptt": data.bptt}
 
     @scored_in_eval_mode
-    def token_nlls(self, model, inputs, targets, *, batch_size, bptt, **_):
+    def token_records(self, model, inputs, targets, top=0, *, batch_size, bptt, **_):
         n = inputs.numel()
         device = next(model.parameters()).device
         batch_size = max(1, min(batch_size, n))
         xs, ys = batchify_padded(inputs, targets, batch_size)
         xs, ys = xs.to(device), ys.to(device)
-        nll = torch.zeros(ys.shape, dtype=torch.float64, device=device)
+        out: dict[str, torch.Tensor] = {}
         state = model.initial_state(batch_size, model.encoder.weight)
         for start, length in bptt_windows(xs.size(0), bptt):
             logits, state = model(xs[start : start + length], state)
             y = ys[start : start + length]
-            nll[start : start + length] = F.cross_entropy(
-                _wide(logits).reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=IGNORE, reduction="none"
-            ).view_as(y).double()
+            stats = position_stats(logits.reshape(-1, logits.size(-1)), y.reshape(-1), top)
+            for key, value in stats.items():
+                if key not in out:
+                    out[key] = value.new_zeros((*ys.shape, *value.shape[1:]))
+                out[key][start : start + length] = value.view(*y.shape, *value.shape[1:])
         # Column b holds stream positions [b*steps, (b+1)*steps): transposing restores stream order.
-        return nll.t().reshape(-1)[:n].cpu()
+        return {k: v.transpose(0, 1).reshape(-1, *v.shape[2:])[:n].cpu() for k, v in out.items()}
 
     def stepper(self, model, device, use_cache=True):
         state = model.initial_state(1, model.encoder.weight)
@@ -97,11 +98,6 @@ def _detach(state):
     if isinstance(state, torch.Tensor):
         return state.detach()
     return type(state)(_detach(s) for s in state)
-
-
-def _wide(logits: torch.Tensor) -> torch.Tensor:
-    """Half-precision logits are scored in fp32; fp32/fp64 logits keep their precision."""
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 RECURRENT = RecurrentFamily()

@@ -8,16 +8,14 @@ least ``context - stride`` tokens of left context (all of them within the first 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from lmlab.data.batching import IGNORE, context_windows, sliding_windows
-from lmlab.families.base import scored_in_eval_mode
-from lmlab.families.recurrent import _wide
+from lmlab.families.base import WordLevelScoring, position_stats, scored_in_eval_mode
 from lmlab.models.transformer import TransformerLM
 from lmlab.training.runtime import shard
 
 
-class TransformerFamily:
+class TransformerFamily(WordLevelScoring):
     name = "transformer"
 
     def build(self, options, vocab_size):
@@ -39,19 +37,20 @@ class TransformerFamily:
         return {"batch_size": data.eval_batch_size, "stride": data.eval_stride or None}
 
     @scored_in_eval_mode
-    def token_nlls(self, model, inputs, targets, *, batch_size, stride=None, **_):
+    def token_records(self, model, inputs, targets, top=0, *, batch_size, stride=None, **_):
         device = next(model.parameters()).device
         context = model.context_length
         xs, ys = sliding_windows(inputs, targets, context, stride or context // 2)
-        pieces = []
+        pieces: dict[str, list[torch.Tensor]] = {}
         for start in range(0, xs.size(0), batch_size):
             x, y = xs[start : start + batch_size].to(device), ys[start : start + batch_size].to(device)
             logits = model(x)
-            nll = F.cross_entropy(_wide(logits).reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=IGNORE,
-                                  reduction="none")
+            flat_y = y.reshape(-1)
+            stats = position_stats(logits.reshape(-1, logits.size(-1)), flat_y, top)
             # Windows are in stream order and each scores a contiguous run of new targets: keep the scored ones.
-            pieces.append(nll[y.reshape(-1) != IGNORE].double().cpu())
-        return torch.cat(pieces)
+            for key, value in stats.items():
+                pieces.setdefault(key, []).append(value[flat_y != IGNORE].cpu())
+        return {k: torch.cat(v) for k, v in pieces.items()}
 
     def stepper(self, model, device, use_cache=True):
         """With the cache, one new position per step; past the context length (absolute positions) the cache

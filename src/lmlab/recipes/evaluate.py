@@ -14,6 +14,7 @@ them like any word (a PTB model gives ``<unk>`` a high probability, which flatte
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import torch
@@ -29,20 +30,42 @@ from lmlab.metrics.shift import frequency_buckets, js_divergence, kl_divergence,
 from lmlab.trained import TrainedModel, load_trained
 
 
-def run(run_dirs: list[Path], specs: list[str]) -> list[dict]:
-    """One result per (run, corpus); see :func:`evaluate` for the keys."""
+def run(run_dirs: list[Path], specs: list[str], per_token: bool = False) -> list[dict] | tuple[list[dict], list[dict]]:
+    """One result per (run, corpus); see :func:`evaluate` for the keys. With ``per_token``, also every target's
+    record (:func:`token_rows`), whose NLLs sum to each result's ``nll``."""
     texts = {spec: load_eval_text(spec) for spec in specs}  # fail on a bad spec before any model work
     words = {spec: [w for s in normalize_text(t.text, t.kind) for w in (*s, EOS)] for spec, t in texts.items()}
     for spec, ws in words.items():
         if not any(w != EOS for w in ws):
             raise LmlabError(f"corpus '{spec}' holds no words to score: give a text with at least one word")
-    results = []
+    results, tokens = [], []
     for run_dir in run_dirs:
         trained = load_trained(run_dir)
         train_ids = _training_ids(trained)
         for spec in specs:
             results.append(evaluate(trained, spec, texts[spec].kind, words[spec], train_ids))
-    return results
+            if per_token:
+                tokens += token_rows(trained, spec, words[spec])
+    return (results, tokens) if per_token else results
+
+
+def token_rows(trained: TrainedModel, spec: str, words: list[str], top: int = 5) -> list[dict]:
+    """Every target of ``words`` (normalised, one ``<eos>`` per sentence) as the model scored it: the word, the
+    vocabulary token it was scored as (``<unk>`` for an out-of-vocabulary word), its NLL in nats and bits, its
+    probability and rank (1 = the model's first choice) and the model's ``top`` most likely tokens."""
+    vocab = trained.vocab
+    ids = vocab.encode(words)
+    inputs, targets = lm_pairs(ids, vocab.eos_id)
+    rec = trained.family.token_records(trained.model, inputs, targets, top, **trained.score_settings())
+    rows = []
+    for i, (word, target) in enumerate(zip(words, targets.tolist())):
+        nll = float(rec["nll"][i])
+        rows.append({"model": trained.name, "corpus": spec, "index": i, "word": word, "token": vocab.itos[target],
+                     "oov": target == vocab.unk_id and word != UNK, "nll": nll, "bits": nll / math.log(2),
+                     "prob": math.exp(-nll), "rank": int(rec["rank"][i]),
+                     "top": [{"token": vocab.itos[int(t)], "prob": math.exp(float(lp))}
+                             for t, lp in zip(rec["top_ids"][i], rec["top_logp"][i])]})
+    return rows
 
 
 def evaluate(trained: TrainedModel, spec: str, kind: str, words: list[str], train_ids: torch.Tensor) -> dict:
