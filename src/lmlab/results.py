@@ -149,6 +149,9 @@ class PreferenceMeasurement:
     general_word_ppl: dict[str, float]
     generations: list[dict[str, str]]
     model: str
+    ci95: dict[str, Any] | None = None      # 95% bootstrap interval of each pair score's mean
+    reward_ties: int | None = None         # pairs whose implicit reward is exactly 0 (counted as 0.5)
+    change_vs_before: dict[str, Any] | None = None  # after.json: paired change and its 95% interval
     train_seconds: float | None = None   # after.json only
     steps: int | None = None
     train_pairs: int | None = None

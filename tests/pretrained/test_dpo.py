@@ -50,7 +50,9 @@ def test_preference_accuracy_and_implicit_reward_by_hand():
     # rewards: 0.5*((−10+11) − (−12+11)) = 1.0 ; 0.5*((−9+9.5) − (−6+5)) = 0.75
     assert m["reward_acc"] == 1.0 and m["reward_margin"] == pytest.approx((1.0 + 0.75) / 2)
     same = preferences.preference_metrics(policy, policy, beta=0.5)
-    assert same["reward_margin"] == 0.0 and same["reward_acc"] == 0.0 and same["kl_from_reference"] == 0.0
+    # the policy is its own reference: every implicit reward is a tie, counted 0.5 (never 0.000, a false "loss")
+    assert same["reward_margin"] == 0.0 and same["reward_acc"] == 0.5 and same["kl_from_reference"] == 0.0
+    assert same["reward_ties"] == 2 and same["ci95"]["reward_acc"] == (0.5, 0.5)
     with_kl = [dict(policy[0], chosen_kl=2.6), dict(policy[1], chosen_kl=0.3)]
     assert preferences.preference_metrics(with_kl, reference, 0.5)["kl_from_reference"] == pytest.approx(2.9 / 13)
 
@@ -118,3 +120,24 @@ def test_long_pairs_are_cut_to_fit_keeping_the_end_of_the_prompt():
     assert cut.chosen != cut.rejected
     short = preferences.Pair("User: hi\n\nAssistant:", " Hello.", " Go away.")
     assert preferences.fit(short, tok, max_length=128) == short
+
+
+def test_paired_change_has_an_interval_that_tells_a_change_from_noise():
+    import random
+
+    rng = random.Random(0)
+    n = 300
+    before = {"preference_acc": [float(rng.random() < 0.5) for _ in range(n)]}
+    flipped = [1.0 if rng.random() < 0.3 else x for x in before["preference_acc"]]  # 30% of pairs pushed to "won"
+    change = preferences.paired_change(before, {"preference_acc": flipped}, resamples=500)["preference_acc"]
+    assert change["change"] == pytest.approx(sum(a - b for a, b in zip(flipped, before["preference_acc"])) / n)
+    low, high = change["ci95"]
+    assert 0 < low < change["change"] < high  # a real change: the interval excludes 0
+    none = preferences.paired_change(before, before, resamples=200)["preference_acc"]
+    assert none == {"change": 0.0, "ci95": (0.0, 0.0)}
+    m = preferences.preference_metrics(
+        [{"chosen": -1.0, "rejected": -2.0, "chosen_tokens": 1, "rejected_tokens": 1}] * 3
+        + [{"chosen": -2.0, "rejected": -1.0, "chosen_tokens": 1, "rejected_tokens": 1}],
+        [{"chosen": -1.0, "rejected": -1.0, "chosen_tokens": 1, "rejected_tokens": 1}] * 4, beta=1.0, resamples=400)
+    low, high = m["ci95"]["preference_acc"]
+    assert m["preference_acc"] == 0.75 and 0 <= low <= 0.75 <= high <= 1

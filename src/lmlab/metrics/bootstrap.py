@@ -33,6 +33,12 @@ def bootstrap_ci(statistic: Callable[[list[int]], float], n: int, resamples: int
     return low, high
 
 
+def bootstrap_mean_ci(values: Sequence[float], resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of ``values`` (items resampled with replacement)."""
+    values = list(values)
+    return bootstrap_ci(lambda idx: sum(values[i] for i in idx) / len(idx), len(values), resamples, seed)
+
+
 def classification_report(gold: Sequence[str], predicted: Sequence[str], classes: Sequence[str],
                           resamples: int = 1000, seed: int = 0) -> dict:
     """Accuracy and macro-F1 with 95% bootstrap intervals, the verdict distribution, the confusion matrix

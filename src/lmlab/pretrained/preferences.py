@@ -23,6 +23,7 @@ import torch
 
 from lmlab.data import corpora, user_files
 from lmlab.errors import LmlabError
+from lmlab.metrics.bootstrap import bootstrap_mean_ci
 from lmlab.pretrained.domain_data import bucket, encode, pubmedqa_records
 
 SOURCES = "general, pubmedqa, jsonl:PATH"
@@ -191,23 +192,43 @@ def reply_logps(model, tokenizer, pairs: list[Pair], max_length: int, reference=
     return out
 
 
-def preference_metrics(policy: list[dict], reference: list[dict], beta: float) -> dict:
-    """Preference accuracy (summed and per-token log-likelihood), mean log-likelihood margin, and DPO's implicit
-    reward r = beta * (log pi(y|x) - log pi_ref(y|x)): its accuracy and mean margin (0 when policy = reference);
-    and the mean per-token KL from the reference over the chosen replies (0 for rows scored without one, i.e.
-    the reference itself)."""
-    n = len(policy)
+def _won(x: float) -> float:
+    """1 for a positive margin, 0 for a negative one, 0.5 for a tie: before training every implicit reward is
+    exactly 0, and counting those ties as losses would read as an accuracy of 0.000, a change that is none."""
+    return 1.0 if x > 0 else 0.0 if x < 0 else 0.5
+
+
+def pair_scores(policy: list[dict], reference: list[dict], beta: float) -> dict[str, list[float]]:
+    """Per held-out pair: preference (summed and per-token log-likelihood), log-likelihood margin, and DPO's
+    implicit reward r = beta * ((log pi - log pi_ref)(chosen) - (log pi - log pi_ref)(rejected)): won and margin."""
     margins = [p["chosen"] - p["rejected"] for p in policy]
+    per_token = [p["chosen"] / p["chosen_tokens"] - p["rejected"] / p["rejected_tokens"] for p in policy]
     rewards = [beta * ((p["chosen"] - r["chosen"]) - (p["rejected"] - r["rejected"])) for p, r in zip(policy, reference)]
-    return {
-        "pairs": n,
-        "preference_acc": sum(m > 0 for m in margins) / n,
-        "preference_acc_normalized": sum(p["chosen"] / p["chosen_tokens"] > p["rejected"] / p["rejected_tokens"]
-                                         for p in policy) / n,
-        "logp_margin": sum(margins) / n,
-        "reward_acc": sum(r > 0 for r in rewards) / n,
-        "reward_margin": sum(rewards) / n,
-        "logp_chosen": sum(p["chosen"] for p in policy) / n,
-        "logp_rejected": sum(p["rejected"] for p in policy) / n,
-        "kl_from_reference": sum(p.get("chosen_kl", 0.0) for p in policy) / max(1, sum(p["chosen_tokens"] for p in policy)),
-    }
+    return {"preference_acc": [_won(m) for m in margins], "preference_acc_normalized": [_won(m) for m in per_token],
+            "logp_margin": margins, "reward_acc": [_won(r) for r in rewards], "reward_margin": rewards}
+
+
+def preference_metrics(policy: list[dict], reference: list[dict], beta: float, resamples: int = 1000,
+                       seed: int = 0) -> dict:
+    """Means of :func:`pair_scores` with 95% bootstrap intervals over the pairs (``ci95``), the number of tied
+    implicit rewards (``reward_ties``: all of them when policy = reference, whose reward accuracy is then 0.5 by
+    the tie rule), mean log-likelihoods, and the mean per-token KL from the reference over the chosen replies
+    (0 for rows scored without one, i.e. the reference itself)."""
+    n = len(policy)
+    scores = pair_scores(policy, reference, beta)
+    out = {"pairs": n, **{k: sum(v) / n for k, v in scores.items()},
+           "ci95": {k: bootstrap_mean_ci(v, resamples, seed) for k, v in scores.items()},
+           "reward_ties": sum(x == 0.5 for x in scores["reward_acc"]),
+           "logp_chosen": sum(p["chosen"] for p in policy) / n,
+           "logp_rejected": sum(p["rejected"] for p in policy) / n,
+           "kl_from_reference": sum(p.get("chosen_kl", 0.0) for p in policy) / max(1, sum(p["chosen_tokens"] for p in policy))}
+    return out
+
+
+def paired_change(before: dict[str, list[float]], after: dict[str, list[float]], resamples: int = 1000,
+                  seed: int = 0) -> dict[str, dict]:
+    """After minus before for every pair score, with a paired 95% bootstrap interval (the same pairs resampled
+    for both), so a change is a finding only when its interval excludes 0."""
+    return {k: {"change": sum(a - b for a, b in zip(after[k], before[k])) / len(before[k]),
+                "ci95": bootstrap_mean_ci([a - b for a, b in zip(after[k], before[k])], resamples, seed)}
+            for k in before}

@@ -92,6 +92,9 @@ def run(cfg: DpoConfig, out: Path) -> results.PreferenceMeasurement:
     policy_logps = preferences.reply_logps(trained, tokenizer, eval_pairs, cfg.dpo.max_length, reference=reference)
     after = _measure(cfg, trained, tokenizer, eval_pairs, policy_logps, reference_logps)
     after.train_seconds, after.steps, after.train_pairs = train_seconds, len(history), len(train_pairs)
+    after.change_vs_before = preferences.paired_change(
+        preferences.pair_scores(reference_logps, reference_logps, cfg.dpo.beta),
+        preferences.pair_scores(policy_logps, reference_logps, cfg.dpo.beta))
     after.model_dir = str(out / MODEL_DIR)
     results.write(out / results.AFTER, after)
     _report("after", after)

@@ -129,7 +129,10 @@ def dpo_section(layout: StudyLayout, runs: dict) -> list[str]:
                   "| metric | before | after |", "|---|---:|---:|"]
         parts += [f"| {label} | {fmt.format(getattr(before, key))} | {fmt.format(getattr(after, key))} |"
                   for label, key, fmt in DPO_ROWS]
-        parts += [f"| {general} token ppl | {before.general_ppl[general]:.3f} | {after.general_ppl[general]:.3f} |", "",
+        parts += [f"| {general} token ppl | {before.general_ppl[general]:.3f} | {after.general_ppl[general]:.3f} |"]
+        for key, c in (after.change_vs_before or {}).items():
+            parts.append(f"| change in {key} (paired 95% CI) | | {c['change']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] |")
+        parts += ["",
                   f"![DPO curves, {source}]({layout.dpo_run(source).relative_to(layout.root)}/curves.png)", ""]
         if before.generations:
             g0, g1 = before.generations[0], after.generations[0]
