@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from lmlab.errors import LmlabError
 from lmlab.generation import STRATEGIES, SamplingSettings
@@ -114,9 +115,17 @@ def _run(args) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    """Every command's arguments. Longer than the other functions on purpose: it is a flat list of
-    declarations, one block per command, and reads best in one place; options that several commands share
-    are declared once, as parent parsers."""
+    parser = argparse.ArgumentParser(prog="lmlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    shared = _shared_options()
+    _word_level_commands(sub, shared)
+    _pretrained_commands(sub, shared)
+    _study_and_data_commands(sub, shared)
+    return parser
+
+
+def _shared_options() -> SimpleNamespace:
+    """Options that several commands take, declared once as parent parsers."""
     preset = argparse.ArgumentParser(add_help=False)
     preset.add_argument("--preset", default="cpu", help="smoke, cpu or gpu (default: cpu)")
     preset.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -126,24 +135,17 @@ def _parser() -> argparse.ArgumentParser:
                          help="torch threads (0 = torch's default; use 1 when other jobs share the CPU)")
     resume = argparse.ArgumentParser(add_help=False)
     resume.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    return SimpleNamespace(preset=preset, threads=threads, resume=resume)
 
-    parser = argparse.ArgumentParser(prog="lmlab", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", parents=[preset, threads, resume], help="train a word-level LM (rnn, gru, lstm, transformer)")
+def _word_level_commands(sub, shared: SimpleNamespace) -> None:
+    """train, eval, sample: the from-scratch word-level models."""
+    p = sub.add_parser("train", parents=[shared.preset, shared.threads, shared.resume], help="train a word-level LM (rnn, gru, lstm, transformer)")
     p.add_argument("--model", required=True, help="rnn, gru, lstm or transformer")
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("data", help="list or download corpora")
-    data_sub = p.add_subparsers(dest="data_command", required=True)
-    data_sub.add_parser("list", help="show each corpus, whether it is present and whether its sha256 matches")
-    download = data_sub.add_parser("download", help="fetch a corpus into the data directory and verify it")
-    download.add_argument("name")
-    download.add_argument("--mirror", help="base URL of a mirror laid out like the data directory")
-    p.set_defaults(func=_data)
-
-    p = sub.add_parser("eval", parents=[threads], help="perplexity of trained runs on corpora they never saw")
+    p = sub.add_parser("eval", parents=[shared.threads], help="perplexity of trained runs on corpora they never saw")
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--corpus", action="append", required=True, metavar="SPEC",
                    help="ptb:test, wikitext2:test, wikitext2:valid, shakespeare, pubmed, pubmedqa, "
@@ -155,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write every scored token as a JSON line: word, token, nll, bits, prob, rank, top-5")
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("sample", parents=[threads], help="generate from trained runs, side by side, with text statistics")
+    p = sub.add_parser("sample", parents=[shared.threads], help="generate from trained runs, side by side, with text statistics")
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--prompt", action="append", default=None, help="repeatable; '' starts from <eos>")
     p.add_argument("--strategy", action="append", default=None, choices=STRATEGIES, help="repeatable (default: greedy)")
@@ -173,7 +175,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="also write the JSON here")
     p.set_defaults(func=_sample)
 
-    p = sub.add_parser("finetune", parents=[preset, threads, resume],
+
+def _pretrained_commands(sub, shared: SimpleNamespace) -> None:
+    """finetune, ft-eval, dpo, models: pretrained causal LMs."""
+    p = sub.add_parser("finetune", parents=[shared.preset, shared.threads, shared.resume],
                        help="fine-tune a pretrained LM on a domain corpus (full or LoRA)")
     p.add_argument("--model", help="packaged name (smollm2-135m, gemma3-270m), .gguf file, save_pretrained "
                                    "directory or hub id (default: the preset's, smollm2-135m)")
@@ -188,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
                         "verdicts (training ids only), the checkpoint chosen on validation accuracy")
     p.set_defaults(func=_finetune)
 
-    p = sub.add_parser("ft-eval", parents=[preset, threads],
+    p = sub.add_parser("ft-eval", parents=[shared.preset, shared.threads],
                        help="domain/general perplexity, PubMedQA, fill-in-the-blank and completions of pretrained LMs")
     p.add_argument("models", nargs="+", metavar="MODEL_OR_DIR")
     p.add_argument("--out", type=Path, help="write NAME.json per model (and comparison.md) here")
@@ -196,7 +201,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_ft_eval)
 
-    p = sub.add_parser("dpo", parents=[preset, threads],
+    p = sub.add_parser("dpo", parents=[shared.preset, shared.threads],
                        help="align a model with DPO (TRL) on preference pairs, measured before and after")
     p.add_argument("--model", help="starting model: a fine-tune's DIR/model, packaged name, .gguf or hub id")
     p.add_argument("--pairs", help="general (default), pubmedqa or jsonl:PATH")
@@ -209,7 +214,10 @@ def _parser() -> argparse.ArgumentParser:
         "list", help="packaged models, where they come from and whether they are converted and cached")
     p.set_defaults(func=_models)
 
-    p = sub.add_parser("run", parents=[threads],
+
+def _study_and_data_commands(sub, shared: SimpleNamespace) -> None:
+    """run (the whole study) and data (corpora)."""
+    p = sub.add_parser("run", parents=[shared.threads],
                        help="run the study: train the PTB models, evaluate across domains, sample, fine-tune, "
                             "evaluate before/after, DPO, report")
     p.add_argument("--preset", default="cpu", help="smoke, cpu or gpu (default: cpu)")
@@ -219,7 +227,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a study key, e.g. --set finetune.model=gemma3-270m (repeatable)")
     p.set_defaults(func=_run)
-    return parser
+
+    p = sub.add_parser("data", help="list or download corpora")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    data_sub.add_parser("list", help="show each corpus, whether it is present and whether its sha256 matches")
+    download = data_sub.add_parser("download", help="fetch a corpus into the data directory and verify it")
+    download.add_argument("name")
+    download.add_argument("--mirror", help="base URL of a mirror laid out like the data directory")
+    p.set_defaults(func=_data)
 
 
 class _Stderr(logging.StreamHandler):

@@ -18,9 +18,7 @@ T = TypeVar("T")
 
 
 def write(path: Path, result) -> None:
-    data = dataclasses.asdict(result)
-    data.update(data.pop("extra", None) or {})
-    rundir.write_json(path, data)
+    rundir.write_json(path, as_dict(result))
 
 
 def read(path: Path, cls: type[T]) -> T:
@@ -39,6 +37,7 @@ def from_dict(data: dict[str, Any], cls: type[T]) -> T:
 
 
 def as_dict(result) -> dict[str, Any]:
+    """The result as written to its file: its fields, with keys kept in ``extra`` back at the top level."""
     data = dataclasses.asdict(result)
     data.update(data.pop("extra", None) or {})
     return data

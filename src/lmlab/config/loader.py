@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import tomllib
 import types
 import typing
@@ -193,10 +192,6 @@ def _checked(value, path: str, meta) -> Any:
 def to_dict(cfg) -> dict[str, Any]:
     """The plain nested dict written to ``config.json`` (and compared between runs)."""
     return dataclasses.asdict(cfg)
-
-
-def canonical_json(config) -> str:
-    return json.dumps(to_dict(config) if dataclasses.is_dataclass(config) else config, sort_keys=True, indent=2)
 
 
 def runtime_keys(cls) -> set[tuple[str, ...]]:

@@ -1,6 +1,7 @@
 """The pretrained family: Hugging Face causal LMs (packaged GGUF, directories, hub ids) as far as the shared
-code needs them. Generation uses the model's own key/value cache, so the same sampling code (lmlab.generation)
-serves every model; scoring is lmlab.pretrained.perplexity's sliding window over BPE tokens."""
+code needs them, which is generation: the model's own key/value cache, so the same sampling code
+(lmlab.generation) serves every model. Their scoring is lmlab.pretrained.perplexity's sliding window over BPE
+tokens, which has no word-level batches or columns to share with the other families."""
 
 from __future__ import annotations
 
@@ -20,10 +21,6 @@ class PretrainedFamily:
             return out.logits[0, -1]
 
         return step
-
-    def evaluation_note(self, window: int, stride: int) -> str:
-        return (f"BPE tokens of the model's tokenizer; sliding windows of {window} tokens with stride {stride}, "
-                "every token scored once")
 
 
 PRETRAINED = PretrainedFamily()

@@ -102,13 +102,18 @@ def separator_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
-def start_ids(tokenizer) -> list[int]:
-    """What a document starts with: the tokenizer's BOS if it adds one (Gemma), else the separator, so the
-    first word of every document is predicted from a start-of-document context and is scored too."""
+def bos_ids(tokenizer) -> list[int]:
+    """``[BOS]`` when the tokenizer puts it before every text by itself (Gemma), else ``[]`` (GPT-2, SmolLM2)."""
     probe = tokenizer("a").input_ids
     if tokenizer.bos_token_id is not None and probe and probe[0] == tokenizer.bos_token_id:
         return [tokenizer.bos_token_id]
-    return [separator_id(tokenizer)]
+    return []
+
+
+def start_ids(tokenizer) -> list[int]:
+    """What a document starts with: the tokenizer's BOS if it adds one (Gemma), else the separator, so the
+    first word of every document is predicted from a start-of-document context and is scored too."""
+    return bos_ids(tokenizer) or [separator_id(tokenizer)]
 
 
 def encode(tokenizer, text: str) -> list[int]:

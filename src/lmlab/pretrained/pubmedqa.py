@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from lmlab.data.documents import QARecord
 from lmlab.metrics.bootstrap import classification_report
-from lmlab.pretrained.domain_data import encode, start_ids
+from lmlab.pretrained.domain_data import bos_ids, encode, start_ids
 from lmlab.pretrained.likelihood import continuation_logprobs, model_device
 
 ANSWERS = ("yes", "no", "maybe")
@@ -43,11 +43,8 @@ def lm_eval_prompt_ids(tokenizer, record: QARecord, max_tokens: int, shots: list
                        shot_tokens: int = 0) -> list[int]:
     """The whole context as one string, encoded once as lm-eval does (BOS first only where the tokenizer adds
     one): the examples, each ``text + " " + answer``, then the question, joined by blank lines."""
-    probe = tokenizer("a").input_ids
-    prefix = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and probe and \
-        probe[0] == tokenizer.bos_token_id else []
     parts = [f"{_fitted_text(tokenizer, s, shot_tokens)} {s.decision}" for s in shots]
-    return prefix + encode(tokenizer, "\n\n".join([*parts, _fitted_text(tokenizer, record, max_tokens)]))
+    return bos_ids(tokenizer) + encode(tokenizer, "\n\n".join([*parts, _fitted_text(tokenizer, record, max_tokens)]))
 
 
 def _fitted_text(tokenizer, record: QARecord, max_tokens: int) -> str:

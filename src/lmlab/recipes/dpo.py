@@ -37,7 +37,6 @@ from lmlab.training import lifecycle, rundir, runtime
 from lmlab.training.logger import MetricsLogger
 
 log = logging.getLogger("lmlab")
-MODEL_DIR = results.MODEL_DIR
 
 
 def configure(model: str | None, pairs: str | None, preset: str, overrides: list[str] = (),
@@ -84,7 +83,7 @@ def run(cfg: DpoConfig, out: Path) -> results.PreferenceMeasurement:
     if cfg.lora.enabled:
         trained = trained.merge_and_unload()
     trained.eval()
-    registry.save(trained, tokenizer, out / MODEL_DIR)
+    registry.save(trained, tokenizer, out / results.MODEL_DIR)
     del trainer
     shutil.rmtree(out / "trainer", ignore_errors=True)  # TRL's output_dir: nothing is saved there (save_strategy="no")
 
@@ -95,7 +94,7 @@ def run(cfg: DpoConfig, out: Path) -> results.PreferenceMeasurement:
     after.change_vs_before = preferences.paired_change(
         preferences.pair_scores(reference_logps, reference_logps, cfg.dpo.beta),
         preferences.pair_scores(policy_logps, reference_logps, cfg.dpo.beta))
-    after.model_dir = str(out / MODEL_DIR)
+    after.model_dir = str(out / results.MODEL_DIR)
     results.write(out / results.AFTER, after)
     _report("after", after)
     if history:

@@ -28,8 +28,7 @@ from lmlab import results
 from lmlab.config import FinetuneConfig, load_recipe, to_dict
 from lmlab.data.eval_texts import head, load_eval_text
 from lmlab.errors import LmlabError
-from lmlab.pretrained import registry
-from lmlab.pretrained import pubmedqa
+from lmlab.pretrained import pubmedqa, registry
 from lmlab.pretrained.domain_data import Document, limit, load_domain, pack, pubmedqa_records
 from lmlab.pretrained.examples import Examples, packed, verdict_examples
 from lmlab.pretrained.lora import with_lora
@@ -39,7 +38,6 @@ from lmlab.training.logger import MetricsLogger
 from lmlab.training.progress import Best, diverged
 
 log = logging.getLogger("lmlab")
-MODEL_DIR, ADAPTER_DIR = results.MODEL_DIR, results.ADAPTER_DIR
 
 
 def configure(model: str | None, dataset: str | None, preset: str, overrides: list[str] = (),
@@ -179,8 +177,9 @@ def _steps(cfg, model, optimizer, sched, trainable, examples, accelerator, progr
                         tokens=progress["tokens"] + tokens)
         start_loss = progress["initial"]["valid_loss"] if progress["initial"] else None
         if diverged(loss_value, start_loss):
-            raise LmlabError(f"the training loss became {loss_value:.4g} at step {step} (validation started at "
-                             f"{start_loss:.4g}): the run diverged; lower optim.lr")
+            start = f" (validation started at {start_loss:.4g})" if start_loss is not None else ""
+            raise LmlabError(f"the training loss became {loss_value:.4g} at step {step}{start}: the run diverged; "
+                             "lower optim.lr")
         metrics.log({"kind": "train", "step": step, "train_loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
                      "tokens": progress["tokens"], "tokens_per_s": tokens / seconds}, step, prefix="train/")
         bar.update(1)
@@ -193,7 +192,7 @@ def _steps(cfg, model, optimizer, sched, trainable, examples, accelerator, progr
             if improved and main:
                 # for a peft model, save_pretrained writes the adapter only
                 registry.save(accelerator.unwrap_model(model), tokenizer,
-                              out / (ADAPTER_DIR if cfg.lora.enabled else MODEL_DIR))
+                              out / (results.ADAPTER_DIR if cfg.lora.enabled else results.MODEL_DIR))
             if main:  # the checkpoint first: a metrics row always has a checkpoint behind it
                 _checkpoint(out / rundir.LAST, accelerator.unwrap_model(model), optimizer, sched,
                             dict(progress, best=best.state_dict()))
@@ -221,7 +220,7 @@ def _finish(cfg, out, accelerator, progress, best, stopped_early, total_params, 
         train_tokens_per_s=progress["tokens"] / max(progress["train_seconds"], 1e-9), best_step=best.at,
         best_valid_loss=best_eval["valid_loss"], best_valid_ppl=best_eval["valid_ppl"],
         initial_valid_ppl=initial["valid_ppl"],
-        initial_general_ppl=initial.get("general_ppl"), model_dir=str(out / MODEL_DIR),
+        initial_general_ppl=initial.get("general_ppl"), model_dir=str(out / results.MODEL_DIR),
         device=str(accelerator.device), processes=accelerator.num_processes, threads=torch.get_num_threads(),
         best_general_ppl=best_eval.get("general_ppl"), task=cfg.data.task,
         initial_valid_acc=initial.get("valid_acc"), best_valid_acc=best_eval.get("valid_acc"))
@@ -230,7 +229,7 @@ def _finish(cfg, out, accelerator, progress, best, stopped_early, total_params, 
         plot_finetune_curves(rows, out / rundir.CURVES, f"{final.model} {final.mode} fine-tune on {cfg.data.dataset}")
         rundir.remove(out / rundir.LAST)  # the run is finished; the resume state is 1-2 GB
         log.info("best valid ppl %.3f at step %d (from %.3f); %.0f tokens/s; model in %s", final.best_valid_ppl,
-                 best.at, final.initial_valid_ppl, final.train_tokens_per_s, out / MODEL_DIR)
+                 best.at, final.initial_valid_ppl, final.train_tokens_per_s, out / results.MODEL_DIR)
     return final
 
 
@@ -280,7 +279,8 @@ def _merge_adapter(base_name: str, out: Path) -> None:
     from peft import PeftModel
 
     base, tokenizer = registry.load(base_name)
-    registry.save(PeftModel.from_pretrained(base, out / ADAPTER_DIR).merge_and_unload(), tokenizer, out / MODEL_DIR)
+    merged = PeftModel.from_pretrained(base, out / results.ADAPTER_DIR).merge_and_unload()
+    registry.save(merged, tokenizer, out / results.MODEL_DIR)
 
 
 def _checkpoint(path: Path, model, optimizer, sched, progress: dict) -> None:

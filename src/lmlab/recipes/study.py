@@ -56,29 +56,28 @@ def run(preset: str, out: Path, only: list[str] | None = None, skip: list[str] |
 class Steps:
     """The one skip/resume rule of the study: a unit is done when its result exists and records the config that
     is asked for now (up to the keys the schema marks runtime); otherwise it runs, resuming from last.pt where
-    its run directory holds one. Three kinds of unit apply it: a run directory (config.json), a step without
-    one (its record under steps/), an ft-eval result (the settings and model it holds)."""
+    its run directory holds one. Three kinds of unit apply it, each recording its config in its own place: a run
+    directory (config.json), a step without one (its record under steps/), an ft-eval result (the settings and
+    model it holds)."""
 
     def __init__(self, layout: results.StudyLayout):
         self.layout = layout
 
-    def _done(self, name: str, where: Path, recorded: dict | None, cfg) -> bool:
-        if recorded is None:
-            return False
-        changed = (changed_keys(recorded, cfg, shared_only=True) if not isinstance(cfg, dict)
-                   else sorted(k for k in set(recorded) | set(cfg) if recorded.get(k) != cfg.get(k)))
-        if changed:
-            raise LmlabError(f"{where} holds a result made with another config ({', '.join(changed)}): remove it "
-                             "or use another --out")
+    @staticmethod
+    def _skip(name: str, where: Path) -> None:
         log.info("[%s] done already: %s", name, where)
-        return True
 
     def run_dir(self, name: str, run_dir: Path, cfg, result: str, start: Callable[[bool], Any],
                 resumable: bool = True) -> None:
-        """A unit that owns a run directory; its result file is ``run_dir/result``."""
-        recorded = rundir.read_json(run_dir / rundir.CONFIG) if (run_dir / result).is_file() else None
-        if self._done(name, run_dir / result, recorded, cfg):
-            return
+        """A unit that owns a run directory; its result file is ``run_dir/result``. A finished run made with
+        another config is never overwritten: that is an error naming the keys."""
+        if (run_dir / result).is_file():
+            # runs recorded before a preset gained a key ran with that key's old behaviour: compare shared keys
+            changed = changed_keys(rundir.read_json(run_dir / rundir.CONFIG), cfg, shared_only=True)
+            if changed:
+                raise LmlabError(f"{run_dir} holds a run made with another config ({', '.join(changed)}): remove "
+                                 "it or use another --out")
+            return self._skip(name, run_dir / result)
         resume = resumable and (run_dir / rundir.LAST).is_file()
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # an interrupted run without resume state starts over
@@ -88,11 +87,8 @@ class Steps:
     def record(self, name: str, cfg: dict, work: Callable[[], None]) -> None:
         """A unit without a run directory (eval, sample): its record holds the config it ran."""
         marker = self.layout.step_record(name)
-        recorded = rundir.read_json(marker) if marker.is_file() else None
-        if recorded is not None and recorded != cfg:
-            recorded = None  # eval and sample are cheap: a changed config reruns them
-        if self._done(name, marker, recorded, cfg):
-            return
+        if marker.is_file() and rundir.read_json(marker) == cfg:  # a changed config reruns these cheap steps
+            return self._skip(name, marker)
         work()
         marker.parent.mkdir(parents=True, exist_ok=True)
         rundir.write_json(marker, cfg)
@@ -100,12 +96,9 @@ class Steps:
     def evaluation(self, name: str, path: Path, model: str, settings, work: Callable[[], results.ModelEvaluation]):
         """An ft-eval result, which records the settings and the model it was made with."""
         existing = results.read_if_present(path, results.ModelEvaluation)
-        recorded = {"settings": existing.settings, "model": existing.model} if existing else None
-        wanted = {"settings": to_dict(settings), "model": model}
-        if recorded != wanted:
-            recorded = None  # another model or settings: evaluate again
-        if self._done(name, path, recorded, wanted):
-            return existing
+        if existing and existing.settings == to_dict(settings) and existing.model == model:
+            self._skip(name, path)
+            return existing  # another model or other settings: evaluate again
         log.info("[%s] %s", name, model)
         evaluated = work()
         results.write(path, evaluated)
