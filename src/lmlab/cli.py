@@ -225,7 +225,7 @@ def _study_and_data_commands(sub, shared: SimpleNamespace) -> None:
     p.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps (train, eval, sample, finetune, ft-eval, dpo, report)")
     p.add_argument("--skip", nargs="+", metavar="STEP", help="skip these steps")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a study key, e.g. --set finetune.model=gemma3-270m (repeatable)")
+                   help="override a study key, e.g. --set finetune.models=[\"gemma3-270m\"] (repeatable)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("data", help="list or download corpora")

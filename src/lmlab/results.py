@@ -8,6 +8,7 @@ field's default (``None``); keys this version does not know are kept in ``extra`
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ T = TypeVar("T")
 
 
 def write(path: Path, result) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     rundir.write_json(path, as_dict(result))
 
 
@@ -130,6 +132,17 @@ class ModelEvaluation:
 
 
 @dataclass
+class TaskEvaluation:
+    """pubmedqa.json of a task fine-tune: PubMedQA (lm-eval protocol) on the official test ids."""
+
+    model: str
+    pubmedqa_settings: dict[str, dict]  # by setting ("lm-eval 0-shot", …): accuracy, macro-F1, CIs, verdicts, …
+    settings: dict[str, Any]            # the ft-eval pubmedqa config and shots that produced it
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class PreferenceMeasurement:
     """before.json / after.json of ``lmlab dpo``: the policy on the held-out pairs and the side measures."""
 
@@ -165,9 +178,11 @@ class StudyLayout:
         ptb_table.md                  the perplexity table
         cross_domain/                 cross_domain.json (one object per run x corpus), .md, .csv, .png, summary
         samples.json                  every sample with its statistics, and the summary per model and strategy
-        finetune/<mode>/              fine-tunes (FinetuneFinal) with before.json / after.json (ModelEvaluation)
-        finetune/base.json            ft-eval of the pretrained model, shared by every mode
-        finetune/sizes/docsN/         the data-size experiment
+        finetune/<model>/base.json    ft-eval of a pretrained model (ModelEvaluation), shared by its fine-tunes
+        finetune/<model>/<mode>/      domain fine-tunes (FinetuneFinal) with before.json / after.json
+        finetune/<model>/task-<start>-<mode>/   PubMedQA task fine-tunes with pubmedqa.json (setting -> scores)
+        finetune/sizes/docsN/         the data-size experiment (the first model)
+        finetune/qa.json              PubMedQA per model x starting point x setting
         dpo/<source>/                 DPO runs with before.json / after.json (PreferenceMeasurement)
         report.md, report.html        the report; study.log the log of every run of the study
     """
@@ -194,8 +209,15 @@ class StudyLayout:
     def finetune(self) -> Path:
         return self.root / "finetune"
 
-    def finetune_run(self, mode: str) -> Path:
-        return self.finetune / mode
+    def model_dir(self, model: str) -> Path:
+        """A pretrained model's folder: its name, or a slug of its path."""
+        return self.finetune / slug(model)
+
+    def finetune_run(self, model: str, mode: str) -> Path:
+        return self.model_dir(model) / mode
+
+    def task_run(self, model: str, start: str, mode: str) -> Path:
+        return self.model_dir(model) / f"task-{start}-{mode}"
 
     def size_run(self, docs: int) -> Path:
         return self.finetune / "sizes" / f"docs{docs}"
@@ -204,9 +226,12 @@ class StudyLayout:
     def sizes(self) -> Path:
         return self.finetune / "sizes"
 
+    def base_evaluation(self, model: str) -> Path:
+        return self.model_dir(model) / "base.json"
+
     @property
-    def base_evaluation(self) -> Path:
-        return self.finetune / "base.json"
+    def qa(self) -> Path:
+        return self.finetune / "qa.json"
 
     def dpo_run(self, source: str) -> Path:
         return self.root / "dpo" / source.replace(":", "_").replace("/", "_")
@@ -228,6 +253,12 @@ class StudyLayout:
         return self.root / "steps" / f"{step}.json"
 
 
+def slug(model: str) -> str:
+    """A file name for a model name or path."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", model.strip("/")).strip("_") or "model"
+
+
 BEFORE, AFTER = "before.json", "after.json"
 MODEL_DIR = "model"      # a fine-tune's or DPO run's best weights, a plain from_pretrained directory
 ADAPTER_DIR = "adapter"  # LoRA only: the peft adapter
+TASK_SCORES = "pubmedqa.json"  # a task fine-tune's PubMedQA scores by setting ("lm-eval 0-shot": report)

@@ -207,7 +207,7 @@ def test_few_shot_examples_come_from_training_questions_only(domain_data, monkey
 
     monkeypatch.setattr(pubmedqa, "evaluate", spy)
     cfg = ft_eval.configure("smoke")
-    ft_eval._pubmedqa(None, None, cfg.pubmedqa)
+    ft_eval._pubmedqa(None, None, cfg.pubmedqa, cfg.pubmedqa.variants, cfg.pubmedqa.shots)
     assert pools and all(len(p) > 300 and not {r.id for r in p} & test_ids for p in pools)
 
 

@@ -3,12 +3,14 @@ from __future__ import annotations
 import json
 
 from lmlab.cli import main
+from lmlab.results import StudyLayout
 
 
 def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, domain_data, tiny_llama, tmp_path, capsys):
     """The whole smoke study; the pretrained model is a tiny random Llama here (the preset's SmolLM2 in real runs)."""
     out = tmp_path / "study"
-    study = ["run", "--preset", "smoke", "--out", str(out), "--threads", "1", "--set", f"finetune.model={tiny_llama}"]
+    study = ["run", "--preset", "smoke", "--out", str(out), "--threads", "1", "--set", f"finetune.models=['{tiny_llama}']"]
+    model_dir = StudyLayout(out).model_dir(str(tiny_llama))
     assert main(study) == 0
     first = capsys.readouterr().err  # the study logs on stderr (and to study.log)
     table = (out / "ptb_table.md").read_text()
@@ -25,7 +27,7 @@ def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, domai
     assert json.loads((out / "samples.json").read_text())["summary"]
     report = (out / "report.md").read_text()
     for section in ("## Setup", "## Penn Treebank", "## Across domains", "## Samples", "## Fine-tuning",
-                    "### Before and after", "### Effect of training-set size", "## Preference alignment (DPO)",
+                    "Before and after (`lmlab ft-eval`)", "### PubMedQA", "### Effect of training-set size", "## Preference alignment (DPO)",
                     "### `general` pairs", "### `pubmedqa` pairs", "## Analysis"):
         assert section in report
     for model in ("rnn", "gru", "lstm", "transformer"):  # every epoch's numbers, as the run wrote them
@@ -35,9 +37,19 @@ def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, domai
                key=lambda m: json.loads((out / "ptb" / m / "final.json").read_text())["test_ppl"])
     assert f"**{best}** is best" in report
     # fine-tuning and DPO numbers, as their JSON files hold them
-    before, after = (json.loads((out / "finetune" / "full" / f).read_text()) for f in ("before.json", "after.json"))
+    before, after = (json.loads((model_dir / "full" / f).read_text()) for f in ("before.json", "after.json"))
     assert f"| domain token ppl | {before['domain_ppl']:.3f} | {after['domain_ppl']:.3f} |" in report
-    assert f"{before['pubmedqa_acc']:.3f} → {after['pubmedqa_acc']:.3f}" in report
+    assert f"{before['pubmedqa_acc']:.3f} [" in report and f"→ {after['pubmedqa_acc']:.3f} [" in report
+    # task fine-tunes from the pretrained model and from the domain LoRA, scored on PubMedQA alone
+    qa = json.loads((out / "finetune" / "qa.json").read_text())["rows"]
+    runs = {r["run"] for r in qa}
+    assert {"pretrained", "domain full", "domain LoRA", "task from base (lora)", "task from lora (lora)"} <= runs
+    for start in ("base", "lora"):
+        task = json.loads((model_dir / f"task-{start}-lora" / "pubmedqa.json").read_text())
+        scores = task["pubmedqa_settings"]["lm-eval 0-shot"]
+        assert f"| task from {start} (lora) | lm-eval 0-shot | {scores['questions']} | {scores['accuracy']:.3f} [" in report
+    config = json.loads((model_dir / "task-lora-lora" / "config.json").read_text())
+    assert config["model"]["name"] == str(model_dir / "lora" / "model") and config["data"]["task"] == "pubmedqa"
     for size in (10, 40):
         final = json.loads((out / "finetune" / "sizes" / f"docs{size}" / "final.json").read_text())
         assert f"| {size} | {final['train_tokens_available']:,} | {final['epochs']:.2f} |" in report
@@ -46,11 +58,11 @@ def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, domai
         assert f"| preference accuracy (summed log-lik.) | {b['preference_acc']:.3f} | {a['preference_acc']:.3f} |" in report
         assert b["reward_margin"] == 0.0 and (out / "dpo" / source / "model" / "config.json").is_file()
     html = (out / "report.html").read_text()
-    # 4 PTB curves + cross-domain chart + full/LoRA curves + data-size chart + 2 DPO curves, all inlined
-    assert html.count("data:image/png;base64,") == 10 and 'src="ptb/' not in html and 'src="dpo/' not in html
+    # 4 PTB curves + cross-domain chart + full/LoRA/2 task curves + data-size chart + 2 DPO curves, all inlined
+    assert html.count("data:image/png;base64,") == 12 and 'src="ptb/' not in html and 'src="dpo/' not in html
     assert main(study) == 0
-    # 4 trainings, eval, sample, 4 fine-tunes, 3 ft-evals (before, full, LoRA), 2 DPO
-    assert capsys.readouterr().err.count("done already") == 15
+    # 4 trainings, eval, sample, 6 fine-tunes (full, LoRA, 2 sizes, 2 task), 3 ft-evals, 2 task scores, 2 DPO
+    assert capsys.readouterr().err.count("done already") == 19
     log = (out / "study.log").read_text()
     assert log.count("[study]") == 2 and "[report]" in log  # the whole run is logged, run after run
 
@@ -69,7 +81,9 @@ def test_ctrl_c_mid_step_then_rerun_continues_where_it_stopped(domain_data, tiny
     from lmlab.recipes import finetune
 
     study = ["run", "--preset", "smoke", "--out", str(tmp_path), "--only", "finetune",
-             "--set", f"finetune.model={tiny_llama}", "--set", "finetune.sizes.train_docs=[]"]
+             "--set", f"finetune.models=['{tiny_llama}']", "--set", "finetune.sizes.train_docs=[]",
+             "--set", "finetune.task.starts=[]"]
+    run_dir = StudyLayout(tmp_path).finetune_run(str(tiny_llama), "full")
     real = finetune._checkpoint
 
     def interrupted(*args, **kwargs):
@@ -82,8 +96,8 @@ def test_ctrl_c_mid_step_then_rerun_continues_where_it_stopped(domain_data, tiny
     monkeypatch.setattr(finetune, "_checkpoint", real)
     assert main(study) == 0
     out = capsys.readouterr().err
-    assert f"[finetune full] resuming in {tmp_path / 'finetune' / 'full'}" in out
-    steps = [json.loads(r)["step"] for r in (tmp_path / "finetune" / "full" / "metrics.jsonl").read_text().splitlines()
+    assert f"[finetune {tiny_llama} full] resuming in {run_dir}" in out
+    steps = [json.loads(r)["step"] for r in (run_dir / "metrics.jsonl").read_text().splitlines()
              if json.loads(r)["kind"] == "train"]
     assert steps == [1, 2, 3, 4]  # no step lost or repeated
     assert "[study]" in (tmp_path / "study.log").read_text()

@@ -187,7 +187,7 @@ class FinetuneConfig:
 @dataclass
 class PerplexityEval:
     domain: str
-    domain_docs: int = key(min=1)
+    domain_docs: int = key(min=0)          # held-out documents scored (0 = the whole test split)
     general: list[str]
     general_chars: int = key(min=0)
     window: int = key(min=2)
@@ -221,11 +221,17 @@ class CompletionsEval:
 
 
 @dataclass
+class EvalRun:
+    device: str = device()
+
+
+@dataclass
 class FtEvalConfig:
     perplexity: PerplexityEval
     pubmedqa: PubmedqaEval
     cloze: ClozeEval
     completions: CompletionsEval
+    run: EvalRun
     preset: str
 
 
@@ -311,11 +317,21 @@ class SizeExperiment:
 
 
 @dataclass
-class StudyFinetune:
-    model: str
-    dataset: str
+class TaskExperiment:
+    starts: list[str]                      # "base" (the pretrained model) or a domain fine-tune's mode
     modes: list[str] = key(item_choices=("full", "lora"))
+    overrides: list[str]                   # finetune keys of every task run (steps, sequence length, ...)
+    shots: list[int]                       # PubMedQA (lm-eval protocol) settings the task models are scored in
+
+
+@dataclass
+class StudyFinetune:
+    models: list[str]                      # each gets the domain fine-tunes and the harness; the first also
+    dataset: str                           # the data-size experiment and DPO
+    modes: list[str] = key(item_choices=("full", "lora"))
+    overrides: list[str]                   # finetune keys of every domain fine-tune
     sizes: SizeExperiment
+    task: TaskExperiment
 
 
 @dataclass

@@ -79,7 +79,8 @@ def answer_scores(model, tokenizer, prompt: list[int]) -> list[float]:
     answers = [encode(tokenizer, f" {a}") for a in ANSWERS]
     if all(len(a) == 1 for a in answers):  # one forward pass serves all three answers
         x = torch.tensor(prompt, device=model_device(model))[None]
-        logp = model(input_ids=x).logits[0, -1].float().log_softmax(-1)
+        # only the last position's logits: Gemma's 262k-word head would cost more than the model otherwise
+        logp = model(input_ids=x, logits_to_keep=1).logits[0, -1].float().log_softmax(-1)
         return [logp[a[0]].item() for a in answers]
     return continuation_logprobs(model, prompt, answers)
 

@@ -9,7 +9,6 @@ one lmlab.results.ModelEvaluation per model (the CLI prints JSON, or a before/af
 from __future__ import annotations
 
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from lmlab.data.eval_texts import head, load_eval_text
 from lmlab.errors import LmlabError
 from lmlab.pretrained import cloze, completion, perplexity, pubmedqa, registry
 from lmlab.pretrained.domain_data import load_domain, pubmedqa_records
+from lmlab.training import runtime
 
 log = logging.getLogger("lmlab")
 GENERAL_NAMES = {"wikitext2-raw": "wikitext2", "shakespeare": "shakespeare"}
@@ -30,13 +30,21 @@ def configure(preset: str, overrides: list[str] = ()) -> FtEvalConfig:
     return load_recipe("ft_eval", preset, overrides=overrides)
 
 
+def _load(name: str, cfg: FtEvalConfig):
+    """The model in eval mode on the configured device (fp32; TF32 matrix products on a GPU)."""
+    model, tokenizer = registry.load(name)
+    device = runtime.resolve_device(cfg.run.device)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+    return model.to(device).eval(), tokenizer
+
+
 def evaluate_model(name: str, cfg: FtEvalConfig) -> results.ModelEvaluation:
     started = time.perf_counter()
-    model, tokenizer = registry.load(name)
-    model.eval()
+    model, tokenizer = _load(name, cfg)
     p, q, c = cfg.perplexity, cfg.pubmedqa, cfg.cloze
     splits = load_domain(p.domain)
-    texts = {p.domain: [d.text for d in splits.test[: p.domain_docs]]}
+    texts = {p.domain: [d.text for d in (splits.test[: p.domain_docs] if p.domain_docs else splits.test)]}
     general = {spec: load_eval_text(spec).text for spec in p.general}  # read once: scored in part, terms from all
     for spec, text in general.items():
         texts[GENERAL_NAMES.get(spec, spec)] = [head(text, p.general_chars)]
@@ -45,7 +53,7 @@ def evaluate_model(name: str, cfg: FtEvalConfig) -> results.ModelEvaluation:
         scores[corpus] = perplexity.score_texts(model, tokenizer, docs, p.window, p.stride).as_dict()
         log.info("  %s: token ppl %.3f, word ppl %.3f, byte ppl %.4f", corpus, scores[corpus]["token_ppl"],
                  scores[corpus]["word_ppl"], scores[corpus]["byte_ppl"])
-    qa = _pubmedqa(model, tokenizer, q)
+    qa = _pubmedqa(model, tokenizer, q, q.variants, q.shots)
     headline = qa["lm-eval 0-shot"] if "lm-eval 0-shot" in qa else next(iter(qa.values()))
     general_text = "\n".join(general.values())  # whole texts: a stable reference
     term_docs = splits.train[: c.term_docs] if c.term_docs else splits.train
@@ -70,14 +78,24 @@ def evaluate_model(name: str, cfg: FtEvalConfig) -> results.ModelEvaluation:
         seconds=time.perf_counter() - started, threads=torch.get_num_threads())
 
 
-def _pubmedqa(model, tokenizer, q) -> dict[str, dict]:
-    """Every configured variant and shot count on the first ``q.questions`` official test ids; few-shot
-    examples come from the training questions only."""
+def evaluate_task_model(name: str, cfg: FtEvalConfig, shots: list[int]) -> results.TaskEvaluation:
+    """A task fine-tune scored on PubMedQA alone (lm-eval protocol, the given shot counts): the other measures
+    of the harness belong to domain fine-tunes."""
+    started = time.perf_counter()
+    model, tokenizer = _load(name, cfg)
+    qa = _pubmedqa(model, tokenizer, cfg.pubmedqa, ["lm-eval"], shots)
+    return results.TaskEvaluation(model=name, pubmedqa_settings=qa, seconds=time.perf_counter() - started,
+                                  settings=dict(to_dict(cfg.pubmedqa), shots=list(shots), device=cfg.run.device))
+
+
+def _pubmedqa(model, tokenizer, q, variants: list[str], shot_counts: list[int]) -> dict[str, dict]:
+    """Each variant and shot count on the first ``q.questions`` official test ids; few-shot examples come from
+    the training questions only."""
     records = pubmedqa_records()
     test, pool = records["test"][: q.questions], records["train"]
     out = {}
-    for variant in q.variants:
-        for shots in (q.shots if variant == "lm-eval" else [0]):
+    for variant in variants:
+        for shots in (shot_counts if variant == "lm-eval" else [0]):
             name = f"{variant} {shots}-shot"
             out[name] = pubmedqa.evaluate(model, tokenizer, test, variant, shots, pool, q.max_prompt_tokens,
                                           q.shot_tokens, q.seed, q.resamples)
@@ -91,7 +109,7 @@ def _pubmedqa(model, tokenizer, q) -> dict[str, dict]:
 def run(models: list[str], cfg: FtEvalConfig, out: Path | None = None,
         names: list[str] | None = None) -> dict[str, results.ModelEvaluation]:
     """Each model's evaluation by name (``--name``, else a slug of the model); written to OUT/NAME.json."""
-    names = names or [_slug(m) for m in models]
+    names = names or [results.slug(m) for m in models]
     if len(names) != len(models):
         raise LmlabError(f"--name was given {len(names)} times for {len(models)} models: give one per model")
     evaluated = {}
@@ -103,6 +121,3 @@ def run(models: list[str], cfg: FtEvalConfig, out: Path | None = None,
             results.write(Path(out) / f"{name}.json", evaluated[name])
     return evaluated
 
-
-def _slug(model: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", model.strip("/")).strip("_") or "model"

@@ -27,7 +27,7 @@ from lmlab.generation import SamplingSettings
 from lmlab.recipes import dpo, evaluate, finetune, ft_eval, sample, train
 from lmlab.report.comparison import write_comparison
 from lmlab.report.document import write_report
-from lmlab.report.pretrained import qa_summary
+from lmlab.report.pretrained import task_name, qa_summary
 from lmlab.report.tables import finetune_table, perplexity_table
 from lmlab.training import rundir
 
@@ -95,8 +95,17 @@ class Steps:
 
     def evaluation(self, name: str, path: Path, model: str, settings, work: Callable[[], results.ModelEvaluation]):
         """An ft-eval result, which records the settings and the model it was made with."""
-        existing = results.read_if_present(path, results.ModelEvaluation)
-        if existing and existing.settings == to_dict(settings) and existing.model == model:
+        return self._evaluated(name, path, model, to_dict(settings), results.ModelEvaluation, work)
+
+    def task_evaluation(self, name: str, path: Path, model: str, settings, shots: list[int],
+                        work: Callable[[], results.TaskEvaluation]):
+        """A task fine-tune's PubMedQA scores, which record their settings and model the same way."""
+        recorded = dict(to_dict(settings.pubmedqa), shots=list(shots), device=settings.run.device)
+        return self._evaluated(name, path, model, recorded, results.TaskEvaluation, work)
+
+    def _evaluated(self, name: str, path: Path, model: str, settings: dict, cls, work):
+        existing = results.read_if_present(path, cls)
+        if existing and existing.settings == settings and existing.model == model:
             self._skip(name, path)
             return existing  # another model or other settings: evaluate again
         log.info("[%s] %s", name, model)
@@ -146,40 +155,78 @@ def sample_step(runner: Steps, study: StudyConfig, preset: str) -> None:
 
 
 def finetune_step(runner: Steps, study: StudyConfig, preset: str) -> None:
-    """Each mode's fine-tune, then the data-size experiment (full fine-tunes on N training documents)."""
+    """Each model's domain fine-tunes (one per mode), the data-size experiment (the first model: full fine-tunes
+    on N training documents), then each model's PubMedQA task fine-tunes from each starting point."""
     layout, f = runner.layout, study.finetune
-    units = [(f"finetune {mode}", layout.finetune_run(mode),
-              finetune.configure(f.model, f.dataset, preset, lora=mode == "lora")) for mode in f.modes]
+    units = [(f"finetune {model} {mode}", layout.finetune_run(model, mode),
+              finetune.configure(model, f.dataset, preset, f.overrides, lora=mode == "lora"))
+             for model in f.models for mode in f.modes]
     units += [(f"finetune {docs} docs", layout.size_run(docs),
-               finetune.configure(f.model, f.dataset, preset, [*f.sizes.overrides, f"data.train_docs={docs}"]))
+               finetune.configure(f.models[0], f.dataset, preset, [*f.sizes.overrides, f"data.train_docs={docs}"]))
               for docs in f.sizes.train_docs]
+    units += [(f"task {model} from {start} {mode}", layout.task_run(model, start, mode),
+               finetune.configure(_start_model(layout, study, model, start), None, preset, f.task.overrides,
+                                  lora=mode == "lora", task="pubmedqa"))
+              for model in f.models for start in f.task.starts for mode in f.task.modes]
     for name, run_dir, cfg in units:
         runner.run_dir(name, run_dir, cfg, rundir.FINAL,
                        lambda resume, run_dir=run_dir, cfg=cfg: finetune.run(cfg, run_dir, resume))
 
 
+def _start_model(layout: results.StudyLayout, study: StudyConfig, model: str, start: str) -> str:
+    """``base``: the pretrained model itself; a mode: that domain fine-tune's weights (which must exist)."""
+    if start == "base":
+        return model
+    if start not in study.finetune.modes:
+        raise LmlabError(f"start '{start}' is neither 'base' nor one of finetune.modes ({', '.join(study.finetune.modes)})")
+    return str(layout.finetune_run(model, start) / results.MODEL_DIR)
+
+
 def ft_eval_step(runner: Steps, study: StudyConfig, preset: str) -> None:
-    """ft-eval of the pretrained model (shared by every mode) and of each mode's fine-tune."""
+    """ft-eval of each pretrained model (shared by its fine-tunes) and of each domain fine-tune; PubMedQA alone
+    for each task fine-tune; then the comparison table and qa.json over all of them."""
     layout, f = runner.layout, study.finetune
     cfg = ft_eval.configure(preset)
-    evaluated = {"before": runner.evaluation("ft-eval before", layout.base_evaluation, f.model, cfg,
-                                             lambda: ft_eval.evaluate_model(f.model, cfg))}
-    for mode in f.modes:
-        run_dir = layout.finetune_run(mode)
-        if not (run_dir / rundir.FINAL).is_file():
-            raise LmlabError(f"{run_dir} has no finished fine-tune: run the finetune step first")
-        model = str(run_dir / results.MODEL_DIR)
-        evaluated[mode] = runner.evaluation(f"ft-eval {mode}", run_dir / results.AFTER, model, cfg,
-                                            lambda model=model: ft_eval.evaluate_model(model, cfg))
-        results.write(run_dir / results.BEFORE, evaluated["before"])
-    (layout.finetune / "comparison.md").write_text(finetune_table(evaluated) + "\n", encoding="utf-8")
-    rundir.write_json(layout.finetune / "qa.json", qa_summary(evaluated))
+    evaluated, tasks = {}, {}
+    for model in f.models:
+        before = runner.evaluation(f"ft-eval {model}", layout.base_evaluation(model), model, cfg,
+                                   lambda model=model: ft_eval.evaluate_model(model, cfg))
+        evaluated[(model, "base")] = before
+        for mode in f.modes:
+            run_dir = _finished(layout.finetune_run(model, mode))
+            trained = str(run_dir / results.MODEL_DIR)
+            evaluated[(model, mode)] = runner.evaluation(f"ft-eval {model} {mode}", run_dir / results.AFTER, trained,
+                                                         cfg, lambda m=trained: ft_eval.evaluate_model(m, cfg))
+            results.write(run_dir / results.BEFORE, before)
+        for start in f.task.starts:
+            for mode in f.task.modes:
+                run_dir = _finished(layout.task_run(model, start, mode))
+                trained = str(run_dir / results.MODEL_DIR)
+                tasks[(model, task_name(run_dir.name))] = runner.task_evaluation(
+                    f"PubMedQA {model} task from {start} {mode}", run_dir / results.TASK_SCORES, trained, cfg,
+                    f.task.shots, lambda m=trained: ft_eval.evaluate_task_model(m, cfg, f.task.shots))
+    names = {key: _run_name(key, len(f.models)) for key in evaluated}
+    (layout.finetune / "comparison.md").write_text(
+        finetune_table({names[k]: v for k, v in evaluated.items()}) + "\n", encoding="utf-8")
+    rundir.write_json(layout.qa, qa_summary(evaluated, tasks))
+
+
+def _finished(run_dir: Path) -> Path:
+    if not (run_dir / rundir.FINAL).is_file():
+        raise LmlabError(f"{run_dir} has no finished fine-tune: run the finetune step first")
+    return run_dir
+
+
+def _run_name(key: tuple[str, str], models: int) -> str:
+    model, what = key
+    what = "before" if what == "base" else f"after {what}"
+    return f"{model} {what}" if models > 1 else what
 
 
 def dpo_step(runner: Steps, study: StudyConfig, preset: str) -> None:
-    """DPO from the chosen start, once per pair source; DPO does not resume (an interrupted run restarts)."""
+    """DPO from the chosen start (the first model), once per pair source; DPO does not resume."""
     layout, d = runner.layout, study.dpo
-    start = study.finetune.model if d.start == "base" else str(layout.finetune_run(d.start) / results.MODEL_DIR)
+    start = _start_model(layout, study, study.finetune.models[0], d.start)
     for source in d.sources:
         cfg, run_dir = dpo.configure(start, source, preset), layout.dpo_run(source)
         runner.run_dir(f"dpo {source}", run_dir, cfg, results.AFTER, lambda _, cfg=cfg, run_dir=run_dir:

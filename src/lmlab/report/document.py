@@ -34,8 +34,9 @@ def build_markdown(layout: StudyLayout, config: StudyConfig, preset: str) -> str
     finals = {m: results.read(layout.ptb_run(m) / rundir.FINAL, results.TrainFinal) for m in config.train.models
               if (layout.ptb_run(m) / rundir.FINAL).is_file()}
     parts = [f"# lmlab study report (`{preset}` preset)", "", "## Setup", "",
-             f"- machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}",
-             f"- versions: Python {platform.python_version()}, " + ", ".join(
+             f"- report built on: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}",
+             *_devices(finals, layout, config),
+             f"- versions (where the report was built): Python {platform.python_version()}, " + ", ".join(
                  f"{name} {_version(name)}" for name in ("torch", "transformers", "peft", "trl", "accelerate")),
              f"- presets: `{preset}` for every step (src/lmlab/configs/*/{preset}.toml); the log of every run of the "
              "study is `study.log`",
@@ -64,6 +65,21 @@ def build_markdown(layout: StudyLayout, config: StudyConfig, preset: str) -> str
     parts += ["## Analysis (generated from the numbers above)", "",
               *analysis(layout, finals, samples, finetunes, dpo_runs), ""]
     return "\n".join(parts)
+
+
+def _devices(finals: dict, layout: StudyLayout, config: StudyConfig) -> list[str]:
+    """Where the runs themselves ran, as their result files record it (a study may run on a GPU machine and be
+    reported elsewhere)."""
+    devices = {f"{m} (train)": f.device for m, f in finals.items() if getattr(f, "device", None)}
+    for model in config.finetune.models:
+        for final in layout.model_dir(model).glob(f"*/{rundir.FINAL}"):
+            devices[f"{model} {final.parent.name}"] = results.read(final, results.FinetuneFinal).device
+    if not devices:
+        return []
+    by_device: dict[str, list[str]] = {}
+    for run, device in devices.items():
+        by_device.setdefault(device, []).append(run)
+    return ["- runs ran on: " + "; ".join(f"`{d}`: {', '.join(sorted(r))}" for d, r in sorted(by_device.items()))]
 
 
 def _version(package: str) -> str:

@@ -9,12 +9,13 @@ from __future__ import annotations
 from lmlab import results
 from lmlab.config import StudyConfig
 from lmlab.report.plots import plot_size_curves
-from lmlab.report.tables import finetune_table, pubmedqa_table
+from lmlab.report.tables import with_ci, finetune_table, pubmedqa_table
 from lmlab.results import (
     FinetuneFinal,
     ModelEvaluation,
     PreferenceMeasurement,
     StudyLayout,
+    TaskEvaluation,
 )
 from lmlab.training import rundir
 
@@ -30,61 +31,78 @@ DPO_ROWS = (("preference accuracy (summed log-lik.)", "preference_acc", "{:.3f}"
 
 
 def finetune_results(layout: StudyLayout, config: StudyConfig) -> dict:
-    """The study's fine-tuning results, as its config lists them (modes, data sizes)."""
-    evals = {"before": results.read_if_present(layout.base_evaluation, ModelEvaluation)}
-    finals, sizes = {}, {}
-    for mode in config.finetune.modes:
-        evals[mode] = results.read_if_present(layout.finetune_run(mode) / results.AFTER, ModelEvaluation)
-        finals[mode] = results.read_if_present(layout.finetune_run(mode) / rundir.FINAL, FinetuneFinal)
-    for docs in config.finetune.sizes.train_docs:
+    """The study's fine-tuning results, as its config lists them: per model its evaluations (before, each
+    domain mode), its fine-tunes and its task runs; the data-size experiment; the PubMedQA rows (qa.json)."""
+    f = config.finetune
+    models = {}
+    for model in f.models:
+        evals = {"before": results.read_if_present(layout.base_evaluation(model), ModelEvaluation)}
+        finals, tasks = {}, {}
+        for mode in f.modes:
+            evals[mode] = results.read_if_present(layout.finetune_run(model, mode) / results.AFTER, ModelEvaluation)
+            finals[mode] = results.read_if_present(layout.finetune_run(model, mode) / rundir.FINAL, FinetuneFinal)
+        for start in f.task.starts:
+            for mode in f.task.modes:
+                run_dir = layout.task_run(model, start, mode)
+                finals[run_dir.name] = results.read_if_present(run_dir / rundir.FINAL, FinetuneFinal)
+                tasks[run_dir.name] = results.read_if_present(run_dir / results.TASK_SCORES, TaskEvaluation)
+        models[model] = {"evals": _present(evals), "finals": _present(finals), "tasks": _present(tasks)}
+    sizes = {}
+    for docs in f.sizes.train_docs:
         run_dir = layout.size_run(docs)
         final = results.read_if_present(run_dir / rundir.FINAL, FinetuneFinal)
         if final:
             sizes[run_dir.name] = (final, rundir.read_jsonl(run_dir / rundir.METRICS))
-    return {"evals": {k: v for k, v in evals.items() if v}, "finals": {k: v for k, v in finals.items() if v},
-            "sizes": sizes}
+    qa = qa_summary({(m, "base" if k == "before" else k): e for m, r in models.items() for k, e in r["evals"].items()},
+                    {(m, task_name(k)): t for m, r in models.items() for k, t in r["tasks"].items()})["rows"]
+    return {"models": {m: r for m, r in models.items() if r["evals"] or r["finals"]}, "sizes": sizes, "qa": qa,
+            "first": f.models[0]}
+
+
+def task_name(run: str) -> str:
+    """``task-lora-full`` -> ``task from lora (full)``, the name qa.json rows use."""
+    _, start, mode = run.split("-")
+    return f"task from {start} ({mode})"
+
+
+def _present(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v}
 
 
 def finetune_section(layout: StudyLayout, r: dict) -> list[str]:
-    if not r["finals"] and not r["evals"]:
+    if not r["models"]:
         return []
-    parts = ["## Fine-tuning a pretrained model on PubMed", ""]
-    first = next(iter(r["finals"].values()), None)
-    if first:
-        parts += [f"Model `{first.model}` ({first.params_total / 1e6:.1f}M parameters), domain corpus "
-                  f"`{first.config['data']['dataset']}` (document-level splits; PubMedQA test ids never trained on). "
-                  "Token perplexities are per BPE token of the model's tokenizer; word and byte perplexities divide "
-                  "the same total NLL by the whitespace words / UTF-8 bytes of the text (comparable across tokenizers).", "",
-                  "| run | trainable params | steps | tokens trained | train tokens/s | train time (s) | valid ppl start | best valid ppl | general ppl start | general ppl at best |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for mode, f in r["finals"].items():
-            parts.append(f"| {mode} | {f.params_trainable:,} | {f.steps} | {f.tokens_trained:,} | "
-                         f"{f.train_tokens_per_s:.1f} | {f.train_seconds:.0f} | {f.initial_valid_ppl:.3f} | "
-                         f"{f.best_valid_ppl:.3f} | {_fmt(f.initial_general_ppl)} | {_fmt(f.best_general_ppl)} |")
-        parts.append("")
-    if len(r["evals"]) > 1:
-        names = {k: "before" if k == "before" else f"after {MODE_NAMES.get(k, k)}" for k in r["evals"]}
-        parts += ["### Before and after (`lmlab ft-eval`)", "",
-                  finetune_table({names[k]: v for k, v in r["evals"].items()}), ""]
-        before = r["evals"]["before"]
-        examples = before.cloze["examples"]
-        if before.pubmedqa_settings:
-            parts += ["#### PubMedQA (lm-evaluation-harness protocol)", "",
-                      pubmedqa_table({names[k]: v for k, v in r["evals"].items()}), "",
-                      f"Prompt `Abstract: …\\nQuestion: …\\nAnswer:`, each verdict scored by its summed log-likelihood, "
-                      f"on the first {before.pubmedqa['questions']} official test ids (500 = all); few-shot examples "
-                      "come from training ids only. Intervals: 95% percentile bootstrap over the questions. The "
-                      "PubMedQA paper's majority baseline over all 1,000 PQA-L questions is 55.2%.", ""]
-        else:
-            parts += [f"PubMedQA: zero-shot on the first {before.pubmedqa['questions']} official test questions "
-                      f"(majority class `{before.pubmedqa['majority_class']}`).", ""]
-        parts += [f"Fill-in-the-blank: {before.cloze['items']} held-out abstracts, "
-                  f"{len(examples[0]['candidates']) if examples else 0} candidates each.", ""]
-    for mode in r["finals"]:
-        parts += [f"![{mode} fine-tune curves](finetune/{mode}/curves.png)", ""]
+    parts = ["## Fine-tuning pretrained models on PubMed", "",
+             "Token perplexities are per token of each model's own tokenizer and are not comparable across models; "
+             "word perplexity and bits per byte divide the same total NLL by the whitespace words / UTF-8 bytes "
+             "of the text: tokenizer-independent units, the only ones compared across models.", ""]
+    if len(r["models"]) > 1:
+        parts += ["### Model size and instruction tuning", "", model_comparison_table(r["models"]), ""]
+    for model, m in r["models"].items():
+        parts += [f"### `{model}`", ""]
+        if m["finals"]:
+            parts += [_finals_table(m["finals"]), ""]
+        if len(m["evals"]) > 1:
+            names = {k: "before" if k == "before" else f"after {MODE_NAMES.get(k, k)}" for k in m["evals"]}
+            parts += ["Before and after (`lmlab ft-eval`):", "", finetune_table({names[k]: v for k, v in m["evals"].items()}), ""]
+        for name in m["finals"]:
+            curves = layout.model_dir(model) / name / rundir.CURVES
+            parts += [f"![{model} {name} curves]({curves.relative_to(layout.root)})", ""]
+    if r["qa"]:
+        before = next(iter(next(iter(r["models"].values()))["evals"].values()), None)
+        parts += ["### PubMedQA (lm-evaluation-harness protocol)", "", pubmedqa_table(r["qa"]), "",
+                  "Prompt `Abstract: …\\nQuestion: …\\nAnswer:`, each verdict scored by its summed log-likelihood, on "
+                  f"the official test ids (questions column; 500 = all); few-shot examples come from training ids "
+                  "only; task fine-tunes train on the other PQA-L questions (never a test id) and are scored zero-shot "
+                  "in the format they learned. Intervals: 95% percentile bootstrap over the questions. The PubMedQA "
+                  "paper's majority baseline over all 1,000 PQA-L questions is 55.2%.", ""]
+        if before:
+            examples = before.cloze["examples"]
+            parts += [f"Fill-in-the-blank: {before.cloze['items']} held-out abstracts, "
+                      f"{len(examples[0]['candidates']) if examples else 0} candidates each.", ""]
     if r["sizes"]:
         plot_size_curves(r["sizes"], layout.sizes / "sizes.png")
-        parts += ["### Effect of training-set size (same step budget)", "",
+        parts += [f"### Effect of training-set size (`{r['first']}`, same step budget)", "",
                   "| training docs | tokens available | epochs run | valid ppl start | best valid ppl | step | general ppl start | general ppl at end |",
                   "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, (f, rows) in r["sizes"].items():
@@ -93,15 +111,51 @@ def finetune_section(layout: StudyLayout, r: dict) -> list[str]:
                          f"{f.initial_valid_ppl:.3f} | {f.best_valid_ppl:.3f} | {f.best_step} | "
                          f"{_fmt(f.initial_general_ppl)} | {_fmt(evals[-1].get('general_ppl'))} |")
         parts += ["", "![data-size curves](finetune/sizes/sizes.png)", ""]
-    if len(r["evals"]) > 1:
-        parts += ["### Completions before and after (greedy, repetition penalty 1.2)", "",
-                  "| prompt | " + " | ".join(r["evals"]) + " |", "|---|" + "---|" * len(r["evals"])]
-        prompts = [c["prompt"] for c in r["evals"]["before"].completions]
-        for i, prompt in enumerate(prompts):
-            cells = [_cell(v.completions[i]["text"]) for v in r["evals"].values()]
-            parts.append(f"| {_cell(prompt)} | " + " | ".join(cells) + " |")
-        parts.append("")
+    for model, m in r["models"].items():
+        if len(m["evals"]) > 1:
+            parts += [f"### Completions before and after, `{model}` (greedy, repetition penalty 1.2)", "",
+                      "| prompt | " + " | ".join(m["evals"]) + " |", "|---|" + "---|" * len(m["evals"])]
+            prompts = [c["prompt"] for c in m["evals"]["before"].completions]
+            for i, prompt in enumerate(prompts):
+                cells = [_cell(v.completions[i]["text"]) for v in m["evals"].values()]
+                parts.append(f"| {_cell(prompt)} | " + " | ".join(cells) + " |")
+            parts.append("")
     return parts
+
+
+def _finals_table(finals: dict[str, FinetuneFinal]) -> str:
+    lines = ["| run | task | trainable params | steps | tokens trained | train tokens/s | train time (s) | "
+             "valid ppl start | best valid ppl | valid accuracy start → best | general ppl start | general ppl at best |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, f in finals.items():
+        acc = "–" if f.best_valid_acc is None else f"{f.initial_valid_acc:.3f} → {f.best_valid_acc:.3f}"
+        lines.append(f"| {name} | {f.task or 'lm'} | {f.params_trainable:,} | {f.steps} | {f.tokens_trained:,} | "
+                     f"{f.train_tokens_per_s:.1f} | {f.train_seconds:.0f} | {f.initial_valid_ppl:.3f} | "
+                     f"{f.best_valid_ppl:.3f} | {acc} | {_fmt(f.initial_general_ppl)} | {_fmt(f.best_general_ppl)} |")
+    return "\n".join(lines)
+
+
+def model_comparison_table(models: dict) -> str:
+    """The pretrained models side by side before fine-tuning (and after LoRA where it ran), in units that do not
+    depend on the tokenizer."""
+    columns = {}
+    for model, m in models.items():
+        for key in ("before", "lora"):
+            if key in m["evals"]:
+                columns[f"{model} {'before' if key == 'before' else 'after LoRA'}"] = m["evals"][key]
+    first = next(iter(columns.values()))
+    rows = [("parameters", lambda e: f"{e.params / 1e6:.1f}M"),
+            ("tokenizer vocabulary", lambda e: f"{e.vocab_size:,}")]
+    for corpus in first.bits_per_byte:
+        rows.append((f"{corpus} bits per byte", lambda e, c=corpus: f"{e.bits_per_byte[c]:.4f}"))
+        rows.append((f"{corpus} word ppl", lambda e, c=corpus: f"{e.word_ppl[c]:.2f}"))
+    for name in first.pubmedqa_settings or {}:
+        rows.append((f"PubMedQA {name} [95% CI]",
+                     lambda e, n=name: with_ci(e.pubmedqa_settings[n], "accuracy") if n in (e.pubmedqa_settings or {}) else "–"))
+    rows.append(("fill-in-the-blank accuracy", lambda e: f"{e.cloze_acc:.3f}"))
+    lines = ["| measure (tokenizer-independent) | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    lines += [f"| {label} | " + " | ".join(get(e) for e in columns.values()) + " |" for label, get in rows]
+    return "\n".join(lines)
 
 
 def dpo_results(layout: StudyLayout, config: StudyConfig) -> dict:
@@ -143,17 +197,19 @@ def dpo_section(layout: StudyLayout, runs: dict) -> list[str]:
 
 def analysis_lines(r: dict, dpo_runs: dict) -> list[str]:
     lines = []
-    ev = r["evals"]
-    for mode in (k for k in ev if k != "before"):
-        if "before" in ev:
+    for model, m in r["models"].items():
+        ev = m["evals"]
+        for mode in (k for k in ev if k != "before" and "before" in ev):
             b, a = ev["before"], ev[mode]
             forgetting = ", ".join(f"{c} {b.general_ppl[c]:.2f} → {a.general_ppl[c]:.2f} ({_pct(b.general_ppl[c], a.general_ppl[c])})"
                                    for c in b.general_ppl)
-            lines.append(f"- {mode} fine-tuning: domain token perplexity {b.domain_ppl:.2f} → {a.domain_ppl:.2f} "
-                         f"({_pct(b.domain_ppl, a.domain_ppl)}); general: {forgetting}; PubMedQA "
-                         f"{b.pubmedqa_acc:.3f} → {a.pubmedqa_acc:.3f} (answers {_answers(b)} → {_answers(a)}; "
-                         f"majority baseline {b.pubmedqa['majority_baseline']:.3f}){_calibrated(b, a)}; fill-in-the-blank "
-                         f"{b.cloze_acc:.3f} → {a.cloze_acc:.3f}.")
+            lines.append(f"- `{model}`, {mode} fine-tuning: domain token perplexity {b.domain_ppl:.2f} → {a.domain_ppl:.2f} "
+                         f"({_pct(b.domain_ppl, a.domain_ppl)}); general: {forgetting}; PubMedQA 0-shot "
+                         f"{with_ci(b.pubmedqa, 'accuracy')} → {with_ci(a.pubmedqa, 'accuracy')} (answers {_answers(b)} → "
+                         f"{_answers(a)}; majority baseline {b.pubmedqa['majority_baseline']:.3f}){_calibrated(b, a)}; "
+                         f"fill-in-the-blank {b.cloze_acc:.3f} → {a.cloze_acc:.3f}.")
+    lines += _qa_lines(r["qa"])
+    lines += _model_lines(r["models"])
     if r["sizes"]:
         changes = []
         for f, rows in r["sizes"].values():
@@ -193,10 +249,65 @@ def analysis_lines(r: dict, dpo_runs: dict) -> list[str]:
     return lines
 
 
+def _qa_lines(rows: list[dict]) -> list[str]:
+    """The best PubMedQA result, whether its interval clears the majority baseline, and what domain-adaptive
+    training did to task fine-tuning (Gururangan et al., 2020's question)."""
+    if not rows:
+        return []
+    best = max(rows, key=lambda x: x["accuracy"])
+    low, high = best["accuracy_ci95"]
+    majority = best["majority_baseline"]
+    verdict = ("its 95% interval lies above the majority baseline" if low > majority else
+               "its 95% interval includes the majority baseline, so no model is shown to beat answering "
+               f"`{best['majority_class']}` to every question")
+    lines = [f"- PubMedQA: the best of {len(rows)} measured settings is `{best['model']}` {best['run']}, "
+             f"{best['setting']}: {best['accuracy']:.3f} [{low:.3f}, {high:.3f}] on {best['questions']} test questions "
+             f"(answers {_counts(best['predicted'])}; majority baseline {majority:.3f}): {verdict}."]
+    for row in rows:
+        if row["run"].startswith("task from ") and not row["run"].startswith("task from base"):
+            base = next((x for x in rows if x["model"] == row["model"] and x["setting"] == row["setting"]
+                         and x["run"] == "task from base" + row["run"][row["run"].index(" ("):]), None)
+            if base:
+                diff = row["accuracy"] - base["accuracy"]
+                lines.append(f"- `{row['model']}`: {row['run']} vs task from base: {row['accuracy']:.3f} vs "
+                             f"{base['accuracy']:.3f} ({diff:+.3f}; intervals {_ci(row)} and {_ci(base)}"
+                             f"{', which overlap' if _overlap(row, base) else ''}).")
+    return lines
+
+
+def _model_lines(models: dict) -> list[str]:
+    """The pretrained models against each other before fine-tuning, in tokenizer-independent units."""
+    base = {m: r["evals"]["before"] for m, r in models.items() if "before" in r["evals"]}
+    if len(base) < 2:
+        return []
+    corpora = list(next(iter(base.values())).bits_per_byte)
+    cells = "; ".join(f"`{m}` ({e.params / 1e6:.0f}M): " + ", ".join(f"{c} {e.bits_per_byte[c]:.3f}" for c in corpora)
+                      for m, e in base.items())
+    lines = [f"- Pretrained models before fine-tuning, bits per byte (lower is better) — {cells}."]
+    for corpus in corpora:
+        best = min(base, key=lambda m: base[m].bits_per_byte[corpus])
+        worst = max(base, key=lambda m: base[m].bits_per_byte[corpus])
+        lines.append(f"- On {corpus}, `{best}` predicts best: {base[best].bits_per_byte[corpus]:.3f} bits per byte "
+                     f"against {base[worst].bits_per_byte[corpus]:.3f} for `{worst}` "
+                     f"({base[worst].bits_per_byte[corpus] / base[best].bits_per_byte[corpus] - 1:+.1%}).")
+    return lines
+
+
+def _ci(row: dict) -> str:
+    return f"[{row['accuracy_ci95'][0]:.3f}, {row['accuracy_ci95'][1]:.3f}]"
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return a["accuracy_ci95"][0] <= b["accuracy_ci95"][1] and b["accuracy_ci95"][0] <= a["accuracy_ci95"][1]
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def _answers(result) -> str:
     """The PubMedQA verdicts a model gave, e.g. "no 197, yes 3": a constant answer is a prior, not reading."""
-    counts = result.pubmedqa["predicted"]
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return _counts(result.pubmedqa["predicted"])
 
 
 def _calibrated(before: ModelEvaluation, after: ModelEvaluation) -> str:
@@ -221,11 +332,19 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def qa_summary(evaluations: dict[str, ModelEvaluation]) -> dict:
-    """qa.json: per evaluated model (and starting point) and PubMedQA setting, the scores with their 95% intervals,
-    the verdicts given, the majority baseline on the same questions and the number of questions."""
+def qa_summary(evaluations: dict[tuple[str, str], ModelEvaluation],
+               tasks: dict[tuple[str, str], TaskEvaluation] | None = None) -> dict:
+    """qa.json: one row per model x run (pretrained, after a domain fine-tune, after a task fine-tune from a
+    starting point) x PubMedQA setting, with the scores and their 95% intervals, the verdicts given, the majority
+    baseline on the same questions and the number of questions."""
     keys = ("questions", "accuracy", "accuracy_ci95", "macro_f1", "macro_f1_ci95", "predicted", "gold",
             "majority_class", "majority_baseline", "confusion")
-    return {name: {"model": e.model, "settings": {s: {k: r[k] for k in keys if k in r}
-                                                  for s, r in (e.pubmedqa_settings or {}).items()}}
-            for name, e in evaluations.items()}
+    rows = []
+    for (model, run), e in [*evaluations.items(), *(tasks or {}).items()]:
+        name = "pretrained" if run == "base" else f"domain {MODE_NAMES.get(run, run)}" if run in MODE_NAMES else run
+        for setting, r in (e.pubmedqa_settings or {}).items():
+            if "accuracy_ci95" not in r:  # results measured before the lm-eval protocol and its intervals
+                continue
+            rows.append({"model": model, "run": name, "setting": setting, "weights": e.model,
+                         **{k: r[k] for k in keys if k in r}})
+    return {"protocol": "lm-evaluation-harness pubmedqa (PQA-L, official test ids)", "rows": rows}

@@ -64,7 +64,7 @@ def finetune_table(results: dict[str, ModelEvaluation]) -> str:
     if first.pubmedqa_settings:  # lm-eval protocol: every setting with its 95% interval
         for name in first.pubmedqa_settings:
             rows.append((f"PubMedQA accuracy, {name} [95% CI]",
-                         lambda r, n=name: _with_ci(r.pubmedqa_settings[n], "accuracy"), "{}"))
+                         lambda r, n=name: with_ci(r.pubmedqa_settings[n], "accuracy"), "{}"))
         rows.append(("PubMedQA majority baseline (same questions)", lambda r: r.pubmedqa["majority_baseline"], "{:.3f}"))
     else:  # results written before the lm-eval protocol
         rows += [("PubMedQA accuracy", lambda r: r.pubmedqa_acc, "{:.3f}"),
@@ -87,19 +87,20 @@ def eval_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _with_ci(result: dict, key: str) -> str:
+def with_ci(result: dict, key: str) -> str:
+    if f"{key}_ci95" not in result:  # results measured before lmlab reported intervals
+        return f"{result[key]:.3f}"
     low, high = result[f"{key}_ci95"]
     return f"{result[key]:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def pubmedqa_table(results: dict[str, ModelEvaluation]) -> str:
-    """PubMedQA per model and setting: accuracy and macro-F1 with 95% bootstrap intervals, the verdicts given,
-    and the majority baseline on the same questions."""
-    lines = ["| model | setting | questions | accuracy [95% CI] | macro-F1 [95% CI] | verdicts (yes/no/maybe) | "
-             "majority baseline |", "|---|---|---:|---:|---:|---|---:|"]
-    for model, r in results.items():
-        for name, s in (r.pubmedqa_settings or {}).items():
-            verdicts = "/".join(str(s["predicted"].get(a, 0)) for a in ("yes", "no", "maybe"))
-            lines.append(f"| {model} | {name} | {s['questions']} | {_with_ci(s, 'accuracy')} | "
-                         f"{_with_ci(s, 'macro_f1')} | {verdicts} | {s['majority_baseline']:.3f} ({s['majority_class']}) |")
+def pubmedqa_table(rows: list[dict]) -> str:
+    """PubMedQA per model, run and setting (qa.json's rows): accuracy and macro-F1 with 95% bootstrap
+    intervals, the verdicts given, and the majority baseline on the same questions."""
+    lines = ["| model | run | setting | questions | accuracy [95% CI] | macro-F1 [95% CI] | verdicts (yes/no/maybe) | "
+             "majority baseline |", "|---|---|---|---:|---:|---:|---|---:|"]
+    for s in rows:
+        verdicts = "/".join(str(s["predicted"].get(a, 0)) for a in ("yes", "no", "maybe"))
+        lines.append(f"| {s['model']} | {s['run']} | {s['setting']} | {s['questions']} | {with_ci(s, 'accuracy')} | "
+                     f"{with_ci(s, 'macro_f1')} | {verdicts} | {s['majority_baseline']:.3f} ({s['majority_class']}) |")
     return "\n".join(lines)
