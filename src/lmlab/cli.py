@@ -83,8 +83,14 @@ def _ft_eval(args) -> None:
     from lmlab.recipes import ft_eval
     from lmlab.report.tables import finetune_table
 
-    evaluated = ft_eval.run(args.models, ft_eval.configure(args.preset, args.overrides), out=args.out, names=args.names)
-    if args.json:
+    evaluated = ft_eval.run(args.models, ft_eval.configure(args.preset, args.overrides), out=args.out, names=args.names,
+                            task=args.task)
+    if args.task:
+        from lmlab.report.pretrained import qa_summary
+        from lmlab.report.tables import pubmedqa_table
+
+        print(pubmedqa_table(qa_summary({}, {(name, "task"): e for name, e in evaluated.items()})["rows"]))
+    elif args.json:
         dicts = [results.as_dict(r) for r in evaluated.values()]
         print(json.dumps(dicts if len(dicts) > 1 else dicts[0], indent=2))
     elif len(evaluated) > 1:
@@ -199,6 +205,8 @@ def _pretrained_commands(sub, shared: SimpleNamespace) -> None:
     p.add_argument("--out", type=Path, help="write NAME.json per model (and comparison.md) here")
     p.add_argument("--name", action="append", dest="names", help="file name per model, e.g. before, after")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--task", action="store_true",
+                   help="PubMedQA alone, zero-shot: for a model fine-tuned with finetune --task pubmedqa")
     p.set_defaults(func=_ft_eval)
 
     p = sub.add_parser("dpo", parents=[shared.preset, shared.threads],

@@ -110,6 +110,19 @@ def test_ft_eval_json_on_stdout_and_a_table_for_two_models(domain_data, tiny_gpt
     assert (tmp_path / "comparison.md").read_text().strip() == table.strip()
 
 
+def test_ft_eval_task_scores_pubmedqa_alone(domain_data, tiny_gpt2, tmp_path, capsys):
+    import json
+
+    from lmlab.cli import main
+
+    assert main(["ft-eval", str(tiny_gpt2), "--task", "--preset", "smoke", "--out", str(tmp_path), "--name", "qa"]) == 0
+    result = json.loads((tmp_path / "qa.json").read_text())
+    assert set(result["pubmedqa_settings"]) == {"lm-eval 0-shot"} and "domain_ppl" not in result
+    scores = result["pubmedqa_settings"]["lm-eval 0-shot"]
+    assert scores["questions"] == 6 and sum(scores["predicted"].values()) == 6
+    assert f"| lm-eval 0-shot | 6 | {scores['accuracy']:.3f} [" in capsys.readouterr().out
+
+
 def test_pubmedqa_calibration_removes_a_constant_bias(model, monkeypatch):
     tok = gpt2_tokenizer()
     records = [QARecord(str(i), f"Question {i}?", "Context.", "", gold) for i, gold in enumerate(["yes", "no", "maybe"])]

@@ -106,16 +106,17 @@ def _pubmedqa(model, tokenizer, q, variants: list[str], shot_counts: list[int]) 
     return out
 
 
-def run(models: list[str], cfg: FtEvalConfig, out: Path | None = None,
-        names: list[str] | None = None) -> dict[str, results.ModelEvaluation]:
-    """Each model's evaluation by name (``--name``, else a slug of the model); written to OUT/NAME.json."""
+def run(models: list[str], cfg: FtEvalConfig, out: Path | None = None, names: list[str] | None = None,
+        task: bool = False) -> dict[str, results.ModelEvaluation | results.TaskEvaluation]:
+    """Each model's evaluation by name (``--name``, else a slug of the model); written to OUT/NAME.json.
+    ``task``: PubMedQA alone, zero-shot (a task fine-tune, scored in the format it learned)."""
     names = names or [results.slug(m) for m in models]
     if len(names) != len(models):
         raise LmlabError(f"--name was given {len(names)} times for {len(models)} models: give one per model")
     evaluated = {}
     for model, name in zip(models, names):
         log.info("[ft-eval] %s", model)
-        evaluated[name] = evaluate_model(model, cfg)
+        evaluated[name] = evaluate_task_model(model, cfg, [0]) if task else evaluate_model(model, cfg)
         if out:
             Path(out).mkdir(parents=True, exist_ok=True)
             results.write(Path(out) / f"{name}.json", evaluated[name])
