@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,tensorboard]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,tensorboard,serve,browser-test]"
 	touch $@
 
 install: $(VENV)/.installed

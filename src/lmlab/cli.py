@@ -100,6 +100,26 @@ def _ft_eval(args) -> None:
             (Path(args.out) / "comparison.md").write_text(table + "\n", encoding="utf-8")
 
 
+def _serve(args) -> None:
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise LmlabError("lmlab serve needs its extra: pip install 'lmlab[serve]'") from e
+    from lmlab.serve.app import create_app
+    from lmlab.serve.models import ModelSet, last_study, study_models
+
+    study = args.study or (None if args.models else last_study())
+    if study is not None and not study.is_dir():
+        raise LmlabError(f"study directory {study} not found: give the --out of a finished lmlab run")
+    specs = args.models or (study_models(study) if study else [])
+    if not specs:
+        raise LmlabError("no models to serve: give PTB run directories or pretrained model names, or run "
+                         "`lmlab run --preset smoke --out runs/smoke` first")
+    app = create_app(ModelSet(specs), study)
+    log.info("lmlab serve: http://%s:%d (%d models)", args.host, args.port, len(specs))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
 def _dpo(args) -> None:
     from lmlab.recipes import dpo
 
@@ -235,6 +255,15 @@ def _study_and_data_commands(sub, shared: SimpleNamespace) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a study key, e.g. --set finetune.models=[\"gemma3-270m\"] (repeatable)")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("serve", parents=[shared.threads],
+                       help="a local page: sample from models side by side and see each one's per-token surprisal")
+    p.add_argument("models", nargs="*", metavar="RUN_DIR_OR_MODEL",
+                   help="PTB run directories, pretrained names or directories (default: the last study's models)")
+    p.add_argument("--study", type=Path, help="a study directory: its models (when none are given) and its report")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_serve)
 
     p = sub.add_parser("data", help="list or download corpora")
     data_sub = p.add_subparsers(dest="data_command", required=True)

@@ -32,20 +32,18 @@ class TextScore:
                 "byte_ppl": math.exp(self.nll / self.bytes), "bits_per_byte": self.nll / self.bytes / math.log(2)}
 
 
-@torch.no_grad()
-def sliding_nll(model, ids: list[int], window: int, stride: int, last: str = "end") -> tuple[float, int]:
-    """(summed NLL, number of scored tokens) of ``ids[1:]`` given everything before, one window at a time.
-
-    Window k starts at k * stride and scores the tokens after the previous window's end. ``last="end"`` (lmlab's
-    default) starts the final window at ``len - window`` instead, so the text's last tokens get a full window of
-    context; ``last="stride"`` keeps every window on the stride grid, as the Hugging Face perplexity guide
-    does. Both score every token exactly once."""
+def _windows(model, ids: list[int], window: int, stride: int, last: str):
+    """(log-probabilities, targets) of each window's newly scored tokens, in order: every token of ``ids[1:]``
+    exactly once. Window k starts at k * stride and scores the tokens after the previous window's end;
+    ``last="end"`` (lmlab's default) starts the final window at ``len - window`` instead, so the text's last tokens
+    get a full window of context; ``last="stride"`` keeps every window on the stride grid, as the Hugging Face
+    perplexity guide does."""
     if not 0 < stride <= window - 1:
         raise ValueError("need 0 < stride < window")
     if last not in ("end", "stride"):
         raise ValueError("last must be 'end' or 'stride'")
     device = model_device(model)
-    total, count, scored_to, k = 0.0, 0, 1, 0  # ids[:scored_to] are context only or already scored
+    scored_to, k = 1, 0  # ids[:scored_to] are context only or already scored
     while scored_to < len(ids):
         end = min(len(ids), max(scored_to + stride, window))
         begin = max(0, end - window) if last == "end" else k * stride
@@ -53,11 +51,39 @@ def sliding_nll(model, ids: list[int], window: int, stride: int, last: str = "en
         x = torch.tensor(ids[begin:end], device=device)[None]
         logits = model(input_ids=x).logits[0].float()
         first = scored_to - begin - 1  # logits[k] predicts ids[begin + k + 1]
-        targets = x[0, scored_to - begin:]
-        total += F.cross_entropy(logits[first:-1], targets, reduction="sum").item()
-        count += len(targets)
+        yield logits[first:-1].log_softmax(-1), x[0, scored_to - begin:]
         scored_to = end
+
+
+@torch.no_grad()
+def sliding_nll(model, ids: list[int], window: int, stride: int, last: str = "end") -> tuple[float, int]:
+    """(summed NLL, number of scored tokens) of ``ids[1:]`` given everything before, one window at a time
+    (:func:`_windows`)."""
+    total, count = 0.0, 0
+    for logp, targets in _windows(model, ids, window, stride, last):
+        total += F.nll_loss(logp, targets, reduction="sum").item()
+        count += len(targets)
     return total, count
+
+
+@torch.no_grad()
+def token_records(model, tokenizer, text: str, window: int, stride: int, top: int = 5) -> list[dict]:
+    """Every token of ``text`` (scored after the start token, with the same windows as :func:`score_texts`): its
+    text, character span, NLL in nats, rank (1 = the model's first choice) and the ``top`` most likely tokens.
+    Their NLLs sum to :func:`score_texts`'s NLL of the same text."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, spans = encoded["input_ids"], encoded["offset_mapping"]
+    rows, i = [], 0
+    for logp, targets in _windows(model, start_ids(tokenizer) + ids, window, stride, "end"):
+        nll = -logp.gather(1, targets[:, None])[:, 0]
+        ranks = (logp > -nll[:, None]).sum(1) + 1
+        top_logp, top_ids = logp.topk(min(top, logp.shape[-1]), dim=-1)
+        for j in range(len(targets)):
+            rows.append({"token": tokenizer.decode([ids[i]]), "span": list(spans[i]), "nll": float(nll[j]),
+                         "rank": int(ranks[j]), "top": [{"token": tokenizer.decode([int(t)]), "prob": math.exp(float(p))}
+                                                        for t, p in zip(top_ids[j], top_logp[j])]})
+            i += 1
+    return rows
 
 
 def score_texts(model, tokenizer, texts: list[str], window: int, stride: int) -> TextScore:

@@ -38,27 +38,17 @@ def run(run_dirs: list[Path], prompts: list[str], settings: list[SamplingSetting
     if samples < 1:
         raise LmlabError(f"--samples {samples} is not allowed: give at least 1")
     # Decide locally what each name is before loading anything (a run directory, or a pretrained model).
-    pretrained_specs = [d for d in run_dirs if _is_pretrained(d)]
+    pretrained_specs = [d for d in run_dirs if is_pretrained(d)]
     # Generation always uses the scratch implementation: same weights, and it has the key/value cache.
     models = [load_trained(d, impl="scratch") for d in run_dirs if d not in pretrained_specs]
-    pretrained = [_load_pretrained(str(d)) for d in pretrained_specs]
-    judges = _judges(models, load_trained(judge) if judge else None)
+    pretrained = [load_pretrained(str(d)) for d in pretrained_specs]
+    judges = fluency_judges(models, load_trained(judge) if judge else None)
     rows = []
     for prompt in prompts:
         for name, model, tokenizer in pretrained:
-            rows += _pretrained_rows(name, model, tokenizer, prompt, settings, seed, samples)
+            rows += pretrained_rows(name, model, tokenizer, prompt, settings, seed, samples)
         for model in models:
-            prompt_words = prompt_tokens(prompt, model)
-            prompt_ids = model.vocab.encode([EOS, *prompt_words]).tolist()
-            for s in settings:
-                for sd in _seeds(s, seed, samples):
-                    ids = generate(model.model, model.family, prompt_ids, s, seed=sd,
-                                   banned=[model.vocab.unk_id] if ban_unk else [])
-                    words = model.vocab.decode(ids)
-                    row = {"model": model.name, "prompt": prompt, "strategy": s.label, "seed": sd,
-                           "settings": asdict(s), "text": " ".join(words), "stats": text_statistics(words)}
-                    row["stats"]["fluency_ppl"], row["judge"] = _fluency(judges.get(model.name), prompt_words, words)
-                    rows.append(row)
+            rows += word_rows(model, prompt, settings, seed, samples, ban_unk, judges.get(model.name))
     result = {"samples": rows, "summary": summarise(rows)}
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -66,12 +56,30 @@ def run(run_dirs: list[Path], prompts: list[str], settings: list[SamplingSetting
     return result
 
 
+def word_rows(model: TrainedModel, prompt: str, settings: list[SamplingSettings], seed: int, samples: int,
+              ban_unk: bool, judge: TrainedModel | None) -> list[dict]:
+    """A word-level model's samples of one prompt, with their statistics and fluency under ``judge``."""
+    prompt_words = prompt_tokens(prompt, model)
+    prompt_ids = model.vocab.encode([EOS, *prompt_words]).tolist()
+    rows = []
+    for s in settings:
+        for sd in _seeds(s, seed, samples):
+            ids = generate(model.model, model.family, prompt_ids, s, seed=sd,
+                           banned=[model.vocab.unk_id] if ban_unk else [])
+            words = model.vocab.decode(ids)
+            row = {"model": model.name, "prompt": prompt, "strategy": s.label, "seed": sd,
+                   "settings": asdict(s), "text": " ".join(words), "stats": text_statistics(words)}
+            row["stats"]["fluency_ppl"], row["judge"] = _fluency(judge, prompt_words, words)
+            rows.append(row)
+    return rows
+
+
 def _seeds(s: SamplingSettings, seed: int, samples: int) -> list[int]:
     """Greedy decoding is deterministic: one seed; a stochastic strategy gets ``samples`` of them."""
     return [seed] if s.strategy == "greedy" else [seed + k for k in range(samples)]
 
 
-def _is_pretrained(spec) -> bool:
+def is_pretrained(spec) -> bool:
     """A finished PTB run has final.json and vocab.txt; a pretrained model is a packaged name, a .gguf file, a
     save_pretrained directory, or a hub id (``owner/name``). Anything else is a run directory that is missing
     or unfinished, reported at once by load_trained rather than looked up on the hub."""
@@ -88,14 +96,14 @@ def _is_pretrained(spec) -> bool:
     return not path.exists() and str(spec).count("/") == 1 and not str(spec).startswith((".", "/", "~"))
 
 
-def _load_pretrained(spec: str):
+def load_pretrained(spec: str):
     from lmlab.pretrained import registry
 
     model, tokenizer = registry.load(spec)
     return Path(spec).name if Path(spec).exists() else spec, model.eval(), tokenizer
 
 
-def _pretrained_rows(name, model, tokenizer, prompt, settings, seed, samples) -> list[dict]:
+def pretrained_rows(name, model, tokenizer, prompt, settings, seed, samples) -> list[dict]:
     """Same sampling code as the word-level models; statistics on the continuation split into words and
     sentences by PTB's conventions, so the numbers compare with theirs (no fluency judge: another tokenizer)."""
     from lmlab.pretrained.domain_data import encode, start_ids
@@ -121,7 +129,7 @@ def prompt_tokens(prompt: str, model: TrainedModel) -> list[str]:
     return words
 
 
-def _judges(models: list[TrainedModel], judge: TrainedModel | None) -> dict[str, TrainedModel]:
+def fluency_judges(models: list[TrainedModel], judge: TrainedModel | None) -> dict[str, TrainedModel]:
     """Each generator's judge: the given one, else the other model with the lowest validation perplexity."""
     if judge:
         return {m.name: judge for m in models if m.run_dir != judge.run_dir}
