@@ -85,7 +85,7 @@ class WordOptim:
     momentum: float = probability()
     betas: list[float]
     weight_decay: float = key(min=0.0)
-    schedule: str = key(choices=("constant", "cosine", "plateau"))
+    schedule: str = key(choices=("constant", "cosine", "linear", "plateau"))
     warmup_steps: int = key(min=0)
     min_lr_ratio: float = key(min=0.0, max=1.0)
     anneal_factor: float = key(min=1.0)    # schedule = "plateau": lr divided by this after a worse epoch
@@ -95,6 +95,8 @@ class WordOptim:
 @dataclass
 class WordTrain:
     epochs: int = key(min=1, runtime=True)
+    budget_minutes: float = key(min=0.0, runtime=True)  # > 0: plan the run to fit this wall time (-> steps)
+    steps: int = key(min=0)                # > 0: exactly this many optimiser steps (a budget's plan replays)
     patience: int = key(min=0, runtime=True)
     seed: int
     device: str = device()

@@ -29,7 +29,7 @@ from lmlab.families import family_of
 from lmlab.metrics.perplexity import perplexity
 from lmlab.models import parameter_counts
 from lmlab.report.plots import plot_curves
-from lmlab.training import checkpoint, lifecycle, rundir, runtime, schedule
+from lmlab.training import budget, checkpoint, lifecycle, rundir, runtime, schedule
 from lmlab.training.logger import MetricsLogger
 from lmlab.training.progress import Best, diverged
 
@@ -46,6 +46,9 @@ def configure(model: str, preset: str, overrides: list[str] = ()) -> TrainConfig
 
 def run(cfg: TrainConfig, out: Path, resume: bool = False) -> results.TrainFinal | None:
     out = Path(out)
+    t = cfg.train
+    if resume and t.budget_minutes and not t.steps and (out / rundir.CONFIG).is_file():
+        t.steps = rundir.read_json(out / rundir.CONFIG)["train"].get("steps", 0)  # a resume keeps the plan it made
     family = family_of(cfg.model.arch)
     rt = runtime.setup(cfg.train.device, cfg.train.threads)
     resume = lifecycle.prepare(out, cfg, resume, rt.is_main)
@@ -75,7 +78,7 @@ class _Run:
     steps_per_epoch: int
     metrics: MetricsLogger
     best: Best
-    progress: dict = field(default_factory=lambda: {"epoch": 0, "step": 0, "first_loss": None})
+    progress: dict = field(default_factory=lambda: {"epoch": 0, "step": 0, "first_loss": None, "elapsed": 0.0})
 
     def nll(self, split: str) -> tuple[float, int]:
         values = self.family.token_nlls(self.net, *self.streams[split], **self.family.score_settings(self.cfg.data))
@@ -118,11 +121,21 @@ def _setup(cfg: TrainConfig, out: Path, family, rt) -> _Run:
     steps_per_epoch = family.steps_per_epoch(n_train, cfg.data, cfg.model)
     if steps_per_epoch < 1:
         raise LmlabError(family.too_small(n_train, cfg.data))
+    t, spent = cfg.train, 0.0
+    if t.budget_minutes and not t.steps:
+        t.steps, spent = budget.plan_steps(t.budget_minutes, family, net, cfg, streams, rt, steps_per_epoch,
+                                    lambda model: _optimizer(model, cfg.optim))
+    if t.steps:  # the run ends after exactly this many steps, mid-epoch if need be, and validates there
+        t.epochs = math.ceil(t.steps / steps_per_epoch)
+    if rt.is_main:
+        rundir.write_json(out / rundir.CONFIG, to_dict(cfg))  # with the plan: --set train.steps=N replays it
     o = cfg.optim
-    sched = schedule.scheduler(optimizer, o.schedule, cfg.train.epochs * steps_per_epoch, o.warmup_steps,
+    sched = schedule.scheduler(optimizer, o.schedule, t.steps or t.epochs * steps_per_epoch, o.warmup_steps,
                                o.min_lr_ratio, o.anneal_factor)
-    return _Run(cfg, out, family, rt, corpus, streams, net, train_model, optimizer, sched, steps_per_epoch,
-                MetricsLogger(out, cfg.log.tensorboard, rt.is_main), Best(cfg.train.patience))
+    run = _Run(cfg, out, family, rt, corpus, streams, net, train_model, optimizer, sched, steps_per_epoch,
+               MetricsLogger(out, cfg.log.tensorboard, rt.is_main), Best(cfg.train.patience))
+    run.progress["elapsed"] = spent  # the budget's measurement counts against it
+    return run
 
 
 def _restore(run: _Run) -> None:
@@ -148,6 +161,8 @@ def _epochs(run: _Run) -> tuple[str, str | None]:
                "train_ppl": perplexity(loss_sum, tokens), "valid_loss": valid_nll / valid_count,
                "valid_ppl": perplexity(valid_nll, valid_count), "lr": lr, "tokens_per_s": tokens / train_seconds,
                "seconds": time.perf_counter() - started}
+        progress["elapsed"] = progress.get("elapsed", 0.0) + row["seconds"]
+        row["elapsed_minutes"] = progress["elapsed"] / 60  # training + validation so far, across resumes
         if not math.isfinite(row["valid_ppl"]):
             return "diverged", f"epoch {epoch}: validation perplexity {row['valid_ppl']}"
         improved = run.best.update(row["valid_loss"], epoch)
@@ -184,6 +199,8 @@ def _train_epoch(run: _Run, epoch: int):
     # bf16 is far slower than fp32.
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.train.amp and rt.device.type == "cuda")
     for step, (x, y) in enumerate(bar):
+        if cfg.train.steps and progress["step"] >= cfg.train.steps:
+            break  # the planned steps are spent: this epoch is the last, and shorter
         with autocast:
             logits = batches.forward(run.train_model, x)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))

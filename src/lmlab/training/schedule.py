@@ -2,6 +2,8 @@
 
 Linear warm-up over ``warmup`` steps (step k runs at (k+1)/(warmup+1) of the rate, as nanoGPT), then
 - ``cosine``: decay to ``min_ratio`` of the rate over the planned steps (the right choice for a fixed budget);
+- ``linear``: straight down to ``min_ratio`` over the planned steps (Li, Yumer & Ramanan, "Budgeted Training",
+  ICLR 2020: linear decay to zero is the schedule to beat when the budget is fixed);
 - ``plateau``: the rate is divided by ``anneal`` after every epoch whose validation loss did not improve
   (Zaremba et al. 2014; pytorch/examples word_language_model);
 - ``constant``.
@@ -14,7 +16,7 @@ import math
 
 import torch
 
-KINDS = ("constant", "cosine", "plateau")
+KINDS = ("constant", "cosine", "linear", "plateau")
 
 
 class WarmupDecay:
@@ -27,9 +29,11 @@ class WarmupDecay:
     def __call__(self, step: int) -> float:
         if step < self.warmup:
             return self.scale * (step + 1) / (self.warmup + 1)
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
         if self.kind == "cosine":
-            progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
             return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        if self.kind == "linear":
+            return self.min_ratio + (1 - self.min_ratio) * (1 - progress)
         return self.scale
 
 

@@ -1,0 +1,116 @@
+"""Time-budgeted training: turn a wall-time budget into a number of optimiser steps, once, before training.
+
+A schedule planned over elapsed time would make every run depend on the machine's speed of the moment. lmlab
+measures instead (Li, Yumer & Ramanan, "Budgeted Training", ICLR 2020, plan the schedule over the budget; they
+find linear decay to zero best): a few training steps on a throwaway copy of the model give the seconds per
+step, one validation pass its cost; the steps that fit the budget with a validation after every data epoch and
+at the end become ``train.steps``, recorded in ``config.json``. The learning-rate schedule is then planned over
+those steps, a resume keeps them, and ``--set train.steps=N`` replays the same run on any machine. The probe
+runs under saved random states, so a budgeted run and its replay draw the same numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import math
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lmlab.training import runtime
+
+log = logging.getLogger("lmlab")
+WARMUP_STEPS = 3     # not timed: first-call allocations, thread start-up
+PROBE_SECONDS = 10   # time at least this long ...
+PROBE_STEPS = 1000   # ... or this many steps, whichever comes first
+
+
+def plan_steps(minutes: float, family, net, cfg, streams: dict, rt: runtime.Runtime, steps_per_epoch: int,
+               make_optimizer) -> tuple[int, float]:
+    """(optimiser steps that fit ``minutes`` of training and validation on this machine, at least 1; the seconds
+    the measurement itself took, which count against the budget)."""
+    started = time.perf_counter()
+    with _saved_random_state():
+        probe = copy.deepcopy(net)
+        optimizer = make_optimizer(probe)
+        step_seconds = _step_seconds(family, probe, optimizer, cfg, streams, rt)
+        valid_seconds = _valid_seconds(family, net, cfg, streams) + _checkpoint_seconds(probe, optimizer)
+    step_seconds, valid_seconds = (v / rt.world_size for v in runtime.all_reduce_sum(rt, [step_seconds, valid_seconds]))
+    left = minutes * 60 - (time.perf_counter() - started)
+    steps = steps_that_fit(left, step_seconds, valid_seconds, steps_per_epoch)
+    log.info("budget %.1f min: %.4f s/step, %.1f s per validation and checkpoint -> %d steps (%.2f epochs)", minutes,
+             step_seconds, valid_seconds, steps, steps / steps_per_epoch)
+    return steps, time.perf_counter() - started
+
+
+def steps_that_fit(seconds: float, step_seconds: float, valid_seconds: float, steps_per_epoch: int) -> int:
+    """The largest step count whose training plus validations (one per started epoch) fits ``seconds`` (at
+    least 1). The cost grows with the steps, so a binary search finds it."""
+
+    def cost(steps: int) -> float:
+        return steps * step_seconds + math.ceil(steps / steps_per_epoch) * valid_seconds
+
+    low, high = 1, max(1, int(seconds / step_seconds))
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if cost(middle) <= seconds else (low, middle - 1)
+    return low
+
+
+def _step_seconds(family, probe, optimizer, cfg, streams, rt) -> float:
+    probe.train()
+    batches = family.train_batches(probe, streams["train"], cfg.data, 1, cfg.train.seed, rt)
+    started, timed_from, n = time.perf_counter(), None, 0
+    for x, y in batches:
+        logits = batches.forward(probe, x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.clip > 0:
+            torch.nn.utils.clip_grad_norm_(probe.parameters(), cfg.optim.clip)
+        optimizer.step()
+        loss.item()  # wait for the device
+        n += 1
+        if n == WARMUP_STEPS:
+            timed_from = time.perf_counter()
+        elif timed_from and (n - WARMUP_STEPS >= PROBE_STEPS or time.perf_counter() - timed_from >= PROBE_SECONDS):
+            break
+    if n <= WARMUP_STEPS:  # an epoch too short to warm up: time all of it
+        return (time.perf_counter() - started) / max(1, n)
+    return (time.perf_counter() - timed_from) / (n - WARMUP_STEPS)
+
+
+def _valid_seconds(family, net, cfg, streams) -> float:
+    started = time.perf_counter()
+    family.token_nlls(net, *streams["valid"], **family.score_settings(cfg.data))
+    return time.perf_counter() - started
+
+
+def _checkpoint_seconds(model, optimizer) -> float:
+    """An epoch's end also writes last.pt and, when it improved, best.pt: time writing both to memory."""
+    started = time.perf_counter()
+    for state in ({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, {"model": model.state_dict()}):
+        torch.save(state, io.BytesIO())
+    return time.perf_counter() - started
+
+
+class _saved_random_state:
+    """Every random generator the run uses, restored after the probe."""
+
+    def __enter__(self):
+        self.states = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                       random.getstate(), np.random.get_state())
+
+    def __exit__(self, *exc):
+        cpu, cuda, py, np_state = self.states
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        random.setstate(py)
+        np.random.set_state(np_state)
+        return False
