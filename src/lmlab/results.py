@@ -159,11 +159,12 @@ class PreferenceMeasurement:
     pubmedqa: dict[str, Any]
     general_ppl: dict[str, float]
     general_word_ppl: dict[str, float]
-    generations: list[dict[str, str]]
+    generations: list[dict[str, Any]]  # prompt, reply and the reply's text statistics
     model: str
     ci95: dict[str, Any] | None = None      # 95% bootstrap interval of each pair score's mean
     reward_ties: int | None = None         # pairs whose implicit reward is exactly 0 (counted as 0.5)
     change_vs_before: dict[str, Any] | None = None  # after.json: paired change and its 95% interval
+    kl_on_samples: dict[str, Any] | None = None  # after.json: KL(policy || reference) on the policy's own samples
     train_seconds: float | None = None   # after.json only
     steps: int | None = None
     train_pairs: int | None = None

@@ -31,9 +31,9 @@ def test_pubmedqa_pairs_use_no_test_question_and_differ_only_in_the_decision(dom
         assert head_c == head_r and verdict_c != verdict_r
 
 
-def test_general_pairs_hold_out_a_fifth_and_use_the_chat_layout(domain_data):
+def test_general_pairs_hold_out_a_third_and_use_the_chat_layout(domain_data):
     pairs = preferences.load_pairs("general", gpt2_tokenizer())
-    assert len(pairs["train"]) + len(pairs["eval"]) <= 300 and 40 <= len(pairs["eval"]) <= 80
+    assert len(pairs["train"]) + len(pairs["eval"]) <= 300 and 80 <= len(pairs["eval"]) <= 120
     assert not {p.prompt for p in pairs["train"]} & {p.prompt for p in pairs["eval"]}
     assert all(p.prompt.startswith(("User: ", "System: ")) and p.prompt.endswith("Assistant:") for p in pairs["eval"])
 
@@ -141,3 +141,62 @@ def test_paired_change_has_an_interval_that_tells_a_change_from_noise():
         [{"chosen": -1.0, "rejected": -1.0, "chosen_tokens": 1, "rejected_tokens": 1}] * 4, beta=1.0, resamples=400)
     low, high = m["ci95"]["preference_acc"]
     assert m["preference_acc"] == 0.75 and 0 <= low <= 0.75 <= high <= 1
+
+
+def test_spin_conclusion_split_takes_the_last_sentence():
+    from lmlab.pretrained.spin import first_sentence, split_conclusion
+
+    text = "A title\nWe studied mice. Results were clear (n = 12). Thus the drug reduced blood pressure in all mice."
+    assert split_conclusion(text) == ("A title\nWe studied mice. Results were clear (n = 12).",
+                                      "Thus the drug reduced blood pressure in all mice.")
+    assert split_conclusion("T\nOne sentence. Two sentences here.") is None  # fewer than three
+    assert first_sentence(" It worked well. And then more") == "It worked well."
+
+
+def test_spin_pairs_keep_every_abstract_on_one_side(domain_data, tiny_gpt2, tmp_path):
+    from lmlab.pretrained import spin
+    from lmlab.pretrained.domain_data import load_domain
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_gpt2).eval(), gpt2_tokenizer()
+    tok.pad_token = tok.eos_token
+    made = {split: spin.spin_pairs(model, tok, split, 5, 48, 8, seed=0, batch=4, cache=tmp_path / f"{split}.jsonl")
+            for split in ("train", "valid")}
+    assert all(len(ps) == 5 for ps in made.values())
+    assert not {p.prompt for p in made["train"]} & {p.prompt for p in made["valid"]}
+    domain = load_domain("pubmed")
+    for split, pairs in made.items():
+        conclusions = {c for d in getattr(domain, split) if (c := spin.split_conclusion(d.text))}
+        endings = {real for _, real in conclusions}
+        for p in pairs:  # chosen = the abstract's own last sentence, from this split's abstracts only
+            assert p.chosen.removeprefix(" ").removesuffix(tok.eos_token) in endings
+            assert p.rejected != p.chosen and p.rejected.endswith(tok.eos_token)
+    other = {real for d in domain.valid if (c := spin.split_conclusion(d.text)) for _, real in [c]}
+    assert not any(p.chosen.strip().removesuffix(tok.eos_token) in other for p in made["train"])
+    again = spin.spin_pairs(None, tok, "train", 5, 48, 8, cache=tmp_path / "train.jsonl")  # from the cache
+    assert again == made["train"]
+
+
+def test_kl_on_own_samples_matches_the_closed_form(tiny_gpt2):
+    """One-token replies: the exact KL along each sample is KL(pi(.|x) || pi_ref(.|x)) in closed form, and the
+    Monte-Carlo estimate (log-ratio of the sampled tokens) converges to it."""
+    tok = gpt2_tokenizer()
+    policy = AutoModelForCausalLM.from_pretrained(tiny_gpt2).eval()
+    reference = AutoModelForCausalLM.from_pretrained(tiny_gpt2).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    prompt = "The patients were"
+    x = torch.tensor([tok(prompt).input_ids])
+    with torch.no_grad():
+        lp = policy(input_ids=x).logits[0, -1].log_softmax(-1)
+        lr = reference(input_ids=x).logits[0, -1].log_softmax(-1)
+    closed = float((lp.exp() * (lp - lr)).sum())
+    ratio = lp - lr
+    sd = float(((lp.exp() * (ratio - closed) ** 2).sum()).sqrt())
+    n = 300
+    kl = preferences.sampled_kl(policy, reference, tok, [prompt] * n, max_new_tokens=1, seed=0)
+    assert kl["tokens"] == n and kl["exact"] == pytest.approx(closed, rel=1e-4)
+    assert abs(kl["mc"] - closed) < 4 * sd / math.sqrt(n) and closed > 0
+    same = preferences.sampled_kl(policy, policy, tok, [prompt] * 5, max_new_tokens=3, seed=0)
+    assert same["mc"] == 0 and same["exact"] == pytest.approx(0, abs=1e-6)

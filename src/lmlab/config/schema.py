@@ -245,6 +245,7 @@ class PairsData:
     context_tokens: int = key(min=1)
     train_pairs: int = key(min=0)
     eval_pairs: int = key(min=0)
+    sample_tokens: int = key(min=1)        # pubmed-spin: the starting model's sampled reply, at most this long
 
 
 @dataclass
@@ -277,6 +278,7 @@ class DpoEval:
     stride: int = key(min=1)
     generations: int = key(min=0)
     max_new_tokens: int = key(min=1)
+    kl_samples: int = key(min=0)           # held-out prompts whose own-sample KL is measured after training
 
 
 @dataclass

@@ -2,12 +2,14 @@
 
 Pair sources (each split into train and a held-out evaluation part by a hash of the prompt):
 - ``general``: ``preferences/dpo_en_demo.json`` (300 conversations with a chosen and a rejected reply),
-  flattened with the model's chat template (``add_generation_prompt``); 20% held out.
+  flattened with the model's chat template (``add_generation_prompt``); a third held out (about 100 pairs).
 - ``pubmedqa``: PubMedQA's non-test questions only (train split for training, valid split held out; the 500
   official test ids are never used). Prompt = the abstract (cut from the front to ``context_tokens``) and the
   question; chosen = the expert long answer followed by "So the answer is <correct decision>."; rejected = the
   same long answer followed by a wrong decision (the next one of yes -> no -> maybe -> yes). The two replies
   differ only in the decision, so the preference teaches consistency between the evidence and the verdict.
+- ``pubmed-spin``: PubMed abstracts, chosen = the real last sentence, rejected = the starting model's own
+  sample (lmlab.pretrained.spin; made in lmlab.recipes.dpo, which holds the model).
 - ``jsonl:PATH``: one object a line with string fields ``prompt``, ``chosen``, ``rejected``; 10% held out.
 
 Replies end with the tokenizer's EOS, as TRL does, so our scores and TRL's see the same tokens.
@@ -26,7 +28,7 @@ from lmlab.errors import LmlabError
 from lmlab.metrics.bootstrap import bootstrap_mean_ci
 from lmlab.pretrained.domain_data import bucket, encode, pubmedqa_records
 
-SOURCES = "general, pubmedqa, jsonl:PATH"
+SOURCES = "general, pubmedqa, pubmed-spin, jsonl:PATH"
 WRONG = {"yes": "no", "no": "maybe", "maybe": "yes"}
 
 
@@ -80,7 +82,7 @@ def _load_pairs(source: str, tokenizer, context_tokens: int) -> dict[str, list[P
     name, _, arg = source.partition(":")
     if name == "general":
         pairs = _general(tokenizer)
-        held = 0.2
+        held = 1 / 3  # only 300 pairs exist: about 100 held out, so the interval is as narrow as it can be
     elif name == "pubmedqa":
         records = pubmedqa_records()
         return {"train": [_pubmedqa_pair(tokenizer, r, context_tokens) for r in records["train"]],
@@ -131,7 +133,7 @@ def check_source(source: str) -> None:
     name, _, arg = source.partition(":")
     if name == "jsonl":
         _jsonl_rows(Path(arg).expanduser())
-    elif name not in ("general", "pubmedqa"):
+    elif name not in ("general", "pubmedqa", "pubmed-spin"):
         raise LmlabError(f"unknown pair source '{source}': use one of {SOURCES}")
 
 
@@ -190,6 +192,37 @@ def reply_logps(model, tokenizer, pairs: list[Pair], max_length: int, reference=
                 row["chosen_kl"] = (logp.exp() * (logp - ref)).sum().item()
         out.append(row)
     return out
+
+
+@torch.no_grad()
+def sampled_kl(policy, reference, tokenizer, prompts: list[str], max_new_tokens: int, seed: int = 0) -> dict:
+    """KL(policy || reference) on the policy's **own samples**, the quantity DPO trades against reward: for each
+    prompt one reply is sampled from the policy (temperature 1, no truncation, so the samples follow the policy
+    exactly); along it, ``mc`` sums log pi(y_t) - log pi_ref(y_t) over the sampled tokens (the Monte-Carlo
+    estimate of the sequence KL) and ``exact`` sums the full next-token KL at every sampled position (the same
+    expectation, with less variance). Both are reported per sampled token, with the number of tokens."""
+    device = next(policy.parameters()).device
+    mc = exact = 0.0
+    tokens = 0
+    for i, prompt in enumerate(prompts):
+        torch.manual_seed(seed + i)
+        x = torch.tensor([encode(tokenizer, prompt)], device=device)
+        out = policy.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=True, temperature=1.0,
+                              top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+        reply = out[0, x.shape[1]:]
+        if tokenizer.eos_token_id in reply.tolist():  # the sample ends at its first EOS, which it includes
+            reply = reply[: reply.tolist().index(tokenizer.eos_token_id) + 1]
+        if not len(reply):
+            continue
+        seq = torch.cat([x[0], reply])[None]
+        span = slice(x.shape[1] - 1, seq.shape[1] - 1)
+        logp = policy(input_ids=seq).logits[0, span].float().log_softmax(-1)
+        ref = reference(input_ids=seq).logits[0, span].float().log_softmax(-1)
+        picked = reply[:, None]
+        mc += (logp.gather(1, picked) - ref.gather(1, picked)).sum().item()
+        exact += (logp.exp() * (logp - ref)).sum().item()
+        tokens += len(reply)
+    return {"mc": mc / max(1, tokens), "exact": exact / max(1, tokens), "tokens": tokens, "samples": len(prompts)}
 
 
 def _won(x: float) -> float:

@@ -28,8 +28,11 @@ import torch
 from lmlab import results
 from lmlab.config import DpoConfig, load_recipe
 from lmlab.data.eval_texts import head, load_eval_text
+from lmlab.data.normalize import split_sentences, tokenize
+from lmlab.data.vocab import EOS
 from lmlab.errors import LmlabError
-from lmlab.pretrained import completion, perplexity, preferences, pubmedqa, registry
+from lmlab.metrics.text_stats import text_statistics
+from lmlab.pretrained import completion, perplexity, preferences, pubmedqa, registry, spin
 from lmlab.pretrained.domain_data import pubmedqa_records
 from lmlab.pretrained.lora import lora_config
 from lmlab.report.plots import plot_dpo_curves
@@ -37,6 +40,7 @@ from lmlab.training import lifecycle, rundir, runtime
 from lmlab.training.logger import MetricsLogger
 
 log = logging.getLogger("lmlab")
+SPIN_TRAIN, SPIN_EVAL = 1000, 300  # pubmed-spin pairs when the config says 0 (every pair): enough to measure
 
 
 def configure(model: str | None, pairs: str | None, preset: str, overrides: list[str] = (),
@@ -58,7 +62,7 @@ def run(cfg: DpoConfig, out: Path) -> results.PreferenceMeasurement:
     policy, tokenizer = registry.load(cfg.model.name)
     reference, _ = registry.load(cfg.model.name)
     reference.eval()
-    pairs = preferences.load_pairs(cfg.pairs.source, tokenizer, cfg.pairs.context_tokens, cfg.dpo.max_length)
+    pairs = _pairs(cfg, reference, tokenizer)
     train_pairs = pairs["train"][: cfg.pairs.train_pairs or None]
     eval_pairs = pairs["eval"][: cfg.pairs.eval_pairs or None]
     log.info("[dpo] %d training pairs, %d held-out pairs (%s)", len(train_pairs), len(eval_pairs), cfg.pairs.source)
@@ -71,7 +75,9 @@ def run(cfg: DpoConfig, out: Path) -> results.PreferenceMeasurement:
 
     # --- DPO with TRL --------------------------------------------------------------------------------------------
     started = time.perf_counter()
-    trainer = _trainer(cfg, policy, tokenizer, train_pairs, out)
+    # TRL precomputes reference log-probs for every pair it is given: give it the pairs the steps will see
+    seen = train_pairs[: cfg.train.steps * cfg.train.batch_size]
+    trainer = _trainer(cfg, policy, tokenizer, seen, out)
     trainer.train()
     train_seconds = time.perf_counter() - started
     history = [dict(row, kind="train") for row in trainer.state.log_history if "loss" in row]
@@ -90,16 +96,36 @@ def run(cfg: DpoConfig, out: Path) -> results.PreferenceMeasurement:
     # --- after ---------------------------------------------------------------------------------------------------
     policy_logps = preferences.reply_logps(trained, tokenizer, eval_pairs, cfg.dpo.max_length, reference=reference)
     after = _measure(cfg, trained, tokenizer, eval_pairs, policy_logps, reference_logps)
-    after.train_seconds, after.steps, after.train_pairs = train_seconds, len(history), len(train_pairs)
+    after.train_seconds, after.steps, after.train_pairs = train_seconds, len(history), len(seen)
+    after.extra["train_pairs_available"] = len(train_pairs)
     after.change_vs_before = preferences.paired_change(
         preferences.pair_scores(reference_logps, reference_logps, cfg.dpo.beta),
         preferences.pair_scores(policy_logps, reference_logps, cfg.dpo.beta))
     after.model_dir = str(out / results.MODEL_DIR)
+    after.kl_on_samples = preferences.sampled_kl(trained, reference, tokenizer,
+                                                 [p.prompt for p in eval_pairs[: cfg.eval.kl_samples]],
+                                                 cfg.eval.max_new_tokens, cfg.train.seed)
     results.write(out / results.AFTER, after)
     _report("after", after)
     if history:
         plot_dpo_curves(history, out / rundir.CURVES, f"DPO on {cfg.pairs.source} pairs, beta={cfg.dpo.beta}")
     return after
+
+
+def _pairs(cfg: DpoConfig, start_model, tokenizer) -> dict[str, list]:
+    """The pair source's train and held-out pairs, cut to ``dpo.max_length``. ``pubmed-spin`` samples its
+    rejected replies from the starting model (once per model and settings: a cache file)."""
+    p = cfg.pairs
+    if p.source != "pubmed-spin":
+        return preferences.load_pairs(p.source, tokenizer, p.context_tokens, cfg.dpo.max_length)
+    sizes = {"train": p.train_pairs or SPIN_TRAIN, "eval": p.eval_pairs or SPIN_EVAL}
+    settings = {"context_tokens": p.context_tokens, "sample_tokens": p.sample_tokens, "seed": cfg.train.seed}
+    root = registry.cache_dir().parent / "pairs"
+    made = {split: spin.spin_pairs(start_model, tokenizer, doc_split, n, p.context_tokens, p.sample_tokens,
+                                   cfg.train.seed, cache=spin.cache_path(root, cfg.model.name, doc_split,
+                                                                         dict(settings, count=n)))
+            for split, doc_split, n in (("train", "train", sizes["train"]), ("eval", "valid", sizes["eval"]))}
+    return {split: [preferences.fit(x, tokenizer, cfg.dpo.max_length) for x in ps] for split, ps in made.items()}
 
 
 def _measure(cfg: DpoConfig, policy, tokenizer, pairs, policy_logps, reference_logps) -> results.PreferenceMeasurement:
@@ -110,9 +136,11 @@ def _measure(cfg: DpoConfig, policy, tokenizer, pairs, policy_logps, reference_l
     text = head(load_eval_text(e.general_corpus).text, e.general_chars)
     score = perplexity.score_texts(policy, tokenizer, [text], e.window, e.stride).as_dict()
     # the prompts are already in the chat template, so no start-of-document token before them
-    generations = [{"prompt": p.prompt, "reply": completion.complete(policy, tokenizer, p.prompt, e.max_new_tokens,
-                                                                       1.2, start=False)}
-                   for p in pairs[: e.generations]]
+    generations = []
+    for p in pairs[: e.generations]:
+        reply = completion.complete(policy, tokenizer, p.prompt, e.max_new_tokens, 1.2, start=False)
+        words = [w for sentence in split_sentences(reply) for w in [*tokenize(sentence), EOS]]
+        generations.append({"prompt": p.prompt, "reply": reply, "stats": text_statistics(words)})
     return results.PreferenceMeasurement(
         **metrics, pubmedqa_acc=qa["accuracy"], pubmedqa=qa, general_ppl={e.general_corpus: score["token_ppl"]},
         general_word_ppl={e.general_corpus: score["word_ppl"]}, generations=generations, model=cfg.model.name)
@@ -139,6 +167,9 @@ def _trainer(cfg: DpoConfig, policy, tokenizer, pairs, out: Path):
 
 def _report(label: str, m: results.PreferenceMeasurement) -> None:
     general = next(iter(m.general_ppl.values()))
+    if m.kl_on_samples:
+        log.info("[dpo %s] KL from the reference on %d own samples: %.4f nats/token (exact along the samples %.4f)",
+                 label, m.kl_on_samples["samples"], m.kl_on_samples["mc"], m.kl_on_samples["exact"])
     log.info("[dpo %s] preference acc %.3f (per token %.3f), logp margin %.2f, reward acc %.3f, reward margin %.3f, "
              "KL %.4f, PubMedQA %.3f, general ppl %.2f", label, m.preference_acc, m.preference_acc_normalized,
              m.logp_margin, m.reward_acc, m.reward_margin, m.kl_from_reference, m.pubmedqa_acc, general)

@@ -184,14 +184,20 @@ def dpo_section(layout: StudyLayout, runs: dict) -> list[str]:
         parts += [f"| {label} | {fmt.format(getattr(before, key))} | {fmt.format(getattr(after, key))} |"
                   for label, key, fmt in DPO_ROWS]
         parts += [f"| {general} token ppl | {before.general_ppl[general]:.3f} | {after.general_ppl[general]:.3f} |"]
+        if after.kl_on_samples:
+            k = after.kl_on_samples
+            parts.append(f"| KL from reference on the policy's own samples (nats/token; {k['samples']} prompts, "
+                         f"{k['tokens']} tokens) | 0 | {k['exact']:.5f} (Monte-Carlo {k['mc']:.5f}) |")
         for key, c in (after.change_vs_before or {}).items():
             parts.append(f"| change in {key} (paired 95% CI) | | {c['change']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] |")
         parts += ["",
                   f"![DPO curves, {source}]({layout.dpo_run(source).relative_to(layout.root)}/curves.png)", ""]
         if before.generations:
-            g0, g1 = before.generations[0], after.generations[0]
-            parts += ["| held-out prompt (end) | before | after |", "|---|---|---|",
-                      f"| {_cell(g0['prompt'][-160:])} | {_cell(g0['reply'])} | {_cell(g1['reply'])} |", ""]
+            parts += ["| held-out prompt (end) | before | after |", "|---|---|---|"]
+            for g0, g1 in zip(before.generations, after.generations):
+                parts.append(f"| {_cell(g0['prompt'][-160:])} | {_cell(g0['reply'])}{_stats(g0)} | "
+                             f"{_cell(g1['reply'])}{_stats(g1)} |")
+            parts.append("")
     return parts
 
 
@@ -314,6 +320,14 @@ def _calibrated(before: ModelEvaluation, after: ModelEvaluation) -> str:
     if before.pubmedqa_calibrated_acc is None or after.pubmedqa_calibrated_acc is None:
         return ""
     return f", calibrated {before.pubmedqa_calibrated_acc:.3f} → {after.pubmedqa_calibrated_acc:.3f}"
+
+
+def _stats(generation: dict) -> str:
+    s = generation.get("stats")
+    if not s:
+        return ""
+    return (f" *({s['tokens']} words, distinct-2 {s['distinct_2']:.2f}, repeated 4-grams "
+            f"{s['repeated_4gram_rate']:.2f})*")
 
 
 def _signed(x) -> str:
