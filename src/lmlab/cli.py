@@ -100,6 +100,12 @@ def _ft_eval(args) -> None:
             (Path(args.out) / "comparison.md").write_text(table + "\n", encoding="utf-8")
 
 
+def _rl(args) -> None:
+    from lmlab.recipes import rl
+
+    rl.run(rl.configure(args.model, args.preset, args.overrides), args.out)
+
+
 def _serve(args) -> None:
     try:
         import uvicorn
@@ -236,6 +242,12 @@ def _pretrained_commands(sub, shared: SimpleNamespace) -> None:
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the saved model)")
     p.set_defaults(func=_dpo)
+
+    p = sub.add_parser("rl", parents=[shared.preset, shared.threads],
+                       help="reinforcement learning (TRL's GRPO) on PubMedQA with the correct verdict as reward")
+    p.add_argument("--model", help="starting policy: a packaged name, .gguf, directory or hub id")
+    p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.set_defaults(func=_rl)
 
     p = sub.add_parser("models", help="pretrained models lmlab knows")
     p.add_subparsers(dest="models_command", required=True).add_parser(

@@ -20,7 +20,8 @@ from lmlab.config import schema
 from lmlab.errors import LmlabError
 
 PRESETS = ("smoke", "cpu", "gpu")
-RECIPES = {"finetune": schema.FinetuneConfig, "ft_eval": schema.FtEvalConfig, "dpo": schema.DpoConfig}
+RECIPES = {"finetune": schema.FinetuneConfig, "ft_eval": schema.FtEvalConfig, "dpo": schema.DpoConfig,
+           "rl": schema.RlConfig}
 
 
 def _config_root():
@@ -61,7 +62,7 @@ def load_train(model: str, preset: str, overrides: list[str] = ()) -> schema.Tra
 
 
 def load_recipe(recipe: str, preset: str, chosen: dict[str, Any] | None = None, overrides: list[str] = ()):
-    """The preset of ``finetune``, ``ft_eval`` or ``dpo``, with the values the command line chose
+    """The preset of ``finetune``, ``ft_eval``, ``dpo`` or ``rl``, with the values the command line chose
     (``{"model.name": …}``; None = keep the preset's) and then ``--set`` overrides."""
     data = _read_preset(_config_root() / recipe, preset, recipe.replace("_", "-"))
     for dotted, value in (chosen or {}).items():

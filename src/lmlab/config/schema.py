@@ -293,6 +293,52 @@ class DpoConfig:
     preset: str
 
 
+# --- lmlab rl -------------------------------------------------------------------------------------------------
+
+@dataclass
+class RlData:
+    prompt_tokens: int = key(min=8)        # lm-eval's PubMedQA prompt, the abstract cut from the front to fit
+    train_questions: int = key(min=0)      # PubMedQA training questions used (0 = all 437; never a test id)
+
+
+@dataclass
+class Grpo:
+    num_generations: int = key(min=2)      # completions per prompt: the group whose rewards are compared
+    max_completion_tokens: int = key(min=1)
+    temperature: float = key(min=0.0, below=10.0)
+    beta: float = key(min=0.0)             # KL penalty to the reference (0 = none, TRL's default)
+
+
+@dataclass
+class RlTrain:
+    steps: int = key(min=1)
+    batch_size: int = key(min=1)           # completions per optimizer step (a multiple of num_generations)
+    lr: float = key(min=0.0)
+    warmup_steps: int = key(min=0)
+    seed: int
+    device: str = device()
+    threads: int = threads()
+
+
+@dataclass
+class RlEval:
+    pubmedqa_questions: int = key(min=1)   # official test ids, lm-eval protocol (500 = all)
+    max_prompt_tokens: int = key(min=8)
+    resamples: int = key(min=100)
+
+
+@dataclass
+class RlConfig:
+    model: ModelName
+    data: RlData
+    grpo: Grpo
+    train: RlTrain
+    eval: RlEval
+    lora: Lora
+    log: Log
+    preset: str
+
+
 # --- lmlab run: the study -------------------------------------------------------------------------------------
 
 @dataclass

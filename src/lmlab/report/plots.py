@@ -102,6 +102,26 @@ def plot_dpo_curves(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def plot_rl_curves(rows: list[dict], path: Path, title: str) -> None:
+    """GRPO's mean reward and KL from the reference per step (TRL's training log)."""
+    steps = [r.get("step", i + 1) for i, r in enumerate(rows)]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9.0, 3.6), dpi=120)
+    ax.plot(steps, [r["reward"] for r in rows], "-", label="mean reward (verdict correct)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("reward")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend()
+    ax.grid(True, alpha=0.3)
+    ax2.plot(steps, [r.get("kl", float("nan")) for r in rows], "-", color="C1")
+    ax2.set_xlabel("optimizer step")
+    ax2.set_ylabel("KL from the reference (per token)")
+    ax2.grid(True, alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_size_curves(sizes: dict[str, tuple], path: Path) -> None:
     """Domain-validation and general perplexity against steps, one line per training-set size (``sizes``: name ->
     (FinetuneFinal, metrics rows))."""
