@@ -200,3 +200,18 @@ def test_kl_on_own_samples_matches_the_closed_form(tiny_gpt2):
     assert abs(kl["mc"] - closed) < 4 * sd / math.sqrt(n) and closed > 0
     same = preferences.sampled_kl(policy, policy, tok, [prompt] * 5, max_new_tokens=3, seed=0)
     assert same["mc"] == 0 and same["exact"] == pytest.approx(0, abs=1e-6)
+
+
+def test_beta_sweep_script_runs_each_beta_and_plots(domain_data, tiny_llama, tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("sweep", Path(__file__).parents[2] / "scripts" / "dpo_beta_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path / "cache" / "models"))
+    rows = sweep.sweep(str(tiny_llama), "pubmed-spin", [0.1, 0.5, 1.0], tmp_path / "s", "smoke", [])
+    assert [r["beta"] for r in rows] == [0.1, 0.5, 1.0] and all(r["kl_on_samples"] for r in rows)
+    assert (tmp_path / "s" / "beta_sweep.png").is_file()
+    assert json.loads((tmp_path / "s" / "beta_sweep.json").read_text()) == json.loads(json.dumps(rows))
+    assert len(list((tmp_path / "cache" / "pairs").glob("*.jsonl"))) == 2  # sampled once for all three betas
