@@ -13,7 +13,7 @@ ifeq ($(origin LMLAB_DATA_DIR), undefined)
   endif
 endif
 
-.PHONY: run test bench results install clean
+.PHONY: run test bench gpu-check results install clean
 
 # constraints.txt: the exact versions the tests ran with (pyproject.toml holds the supported ranges).
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -34,6 +34,10 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/train_throughput.py
+
+# On a machine with one CUDA GPU and a CUDA build of torch (TORCH=torch==2.13.0 from the CUDA index).
+gpu-check: $(VENV)/.installed
+	$(PY) scripts/gpu_check.py
 
 # Copy a finished study's results (JSON, curves, tables, report; never weights) into docs/results/.
 results:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -36,8 +34,7 @@ from lmlab.pretrained import completion, perplexity, preferences, pubmedqa, regi
 from lmlab.pretrained.domain_data import pubmedqa_records
 from lmlab.pretrained.lora import lora_config
 from lmlab.report.plots import plot_dpo_curves
-from lmlab.training import lifecycle, rundir, runtime
-from lmlab.training.logger import MetricsLogger
+from lmlab.training import lifecycle, rundir, runtime, trl_run
 
 log = logging.getLogger("lmlab")
 SPIN_TRAIN, SPIN_EVAL = 1000, 300  # pubmed-spin pairs when the config says 0 (every pair): enough to measure
@@ -74,24 +71,12 @@ def run(cfg: DpoConfig, out: Path) -> results.PreferenceMeasurement:
     _report("before", before)
 
     # --- DPO with TRL --------------------------------------------------------------------------------------------
-    started = time.perf_counter()
     # TRL precomputes reference log-probs for every pair it is given: give it the pairs the steps will see
     seen = train_pairs[: cfg.train.steps * cfg.train.batch_size]
     trainer = _trainer(cfg, policy, tokenizer, seen, out)
-    trainer.train()
-    train_seconds = time.perf_counter() - started
-    history = [dict(row, kind="train") for row in trainer.state.log_history if "loss" in row]
-    metrics = MetricsLogger(out, cfg.log.tensorboard)
-    for row in history:
-        metrics.log(row, row.get("step", 0), prefix="train/")
-    metrics.close()
-    trained = trainer.model
-    if cfg.lora.enabled:
-        trained = trained.merge_and_unload()
-    trained.eval()
-    registry.save(trained, tokenizer, out / results.MODEL_DIR)
+    trained, history, train_seconds = trl_run.train_and_save(trainer, tokenizer, out, cfg.lora.enabled,
+                                                             cfg.log.tensorboard, "loss")
     del trainer
-    shutil.rmtree(out / "trainer", ignore_errors=True)  # TRL's output_dir: nothing is saved there (save_strategy="no")
 
     # --- after ---------------------------------------------------------------------------------------------------
     policy_logps = preferences.reply_logps(trained, tokenizer, eval_pairs, cfg.dpo.max_length, reference=reference)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -32,8 +31,7 @@ from lmlab.pretrained import pubmedqa, registry
 from lmlab.pretrained.domain_data import pubmedqa_records
 from lmlab.pretrained.lora import lora_config
 from lmlab.report.plots import plot_rl_curves
-from lmlab.training import lifecycle, runtime
-from lmlab.training.logger import MetricsLogger
+from lmlab.training import lifecycle, runtime, trl_run
 
 log = logging.getLogger("lmlab")
 
@@ -77,20 +75,10 @@ def run(cfg: RlConfig, out: Path) -> results.TaskEvaluation:
     results.write(out / results.BEFORE, before)
     _report("before", before)
 
-    started = time.perf_counter()
     trainer = _trainer(cfg, policy, tokenizer, data, out)
-    trainer.train()
-    seconds = time.perf_counter() - started
-    history = [dict(row, kind="train") for row in trainer.state.log_history if "reward" in row]
-    metrics = MetricsLogger(out, cfg.log.tensorboard)
-    for row in history:
-        metrics.log(row, row.get("step", 0), prefix="train/")
-    metrics.close()
-    trained = trainer.model.merge_and_unload() if cfg.lora.enabled else trainer.model
-    trained.eval()
-    registry.save(trained, tokenizer, out / results.MODEL_DIR)
+    trained, history, seconds = trl_run.train_and_save(trainer, tokenizer, out, cfg.lora.enabled, cfg.log.tensorboard,
+                                                       "reward")
     del trainer
-    shutil.rmtree(out / "trainer", ignore_errors=True)
 
     after = _measure(cfg, trained, tokenizer)
     after.extra.update(train_seconds=seconds, steps=len(history), train_prompts=len(data),

@@ -92,7 +92,7 @@ def finetune_section(layout: StudyLayout, r: dict) -> list[str]:
         before = next(iter(next(iter(r["models"].values()))["evals"].values()), None)
         parts += ["### PubMedQA (lm-evaluation-harness protocol)", "", pubmedqa_table(r["qa"]), "",
                   "Prompt `Abstract: …\\nQuestion: …\\nAnswer:`, each verdict scored by its summed log-likelihood, on "
-                  f"the official test ids (questions column; 500 = all); few-shot examples come from training ids "
+                  "the official test ids (questions column; 500 = all); few-shot examples come from training ids "
                   "only; task fine-tunes train on the other PQA-L questions (never a test id) and are scored zero-shot "
                   "in the format they learned. Intervals: 95% percentile bootstrap over the questions. The PubMedQA "
                   "paper's majority baseline over all 1,000 PQA-L questions is 55.2%.", ""]
