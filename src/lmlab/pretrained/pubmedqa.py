@@ -111,7 +111,8 @@ def evaluate(model, tokenizer, records: list[QARecord], variant: str = "lm-eval"
         predictions.append(_best(scores))
     gold = [r.decision for r in records]
     out = dict(classification_report(gold, predictions, ANSWERS, resamples, seed), variant=variant, shots=shots,
-               paper_majority_all_1000=PAPER_MAJORITY)
+               paper_majority_all_1000=PAPER_MAJORITY,
+               answers={r.id: p for r, p in zip(records, predictions)})  # per question: paired comparisons later
     if variant == "instructed":
         out.update(calibrated_accuracy=sum(p == g for p, g in zip(calibrated, gold)) / len(gold),
                    calibrated_predicted=dict(Counter(calibrated)), content_free_scores=dict(zip(ANSWERS, prior)))
