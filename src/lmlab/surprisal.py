@@ -16,6 +16,7 @@ perplexity (pretrained: whitespace words) on the same text.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,17 +40,10 @@ class Pretrained:
 
 def cap_words(text: str, max_words: int) -> tuple[str, int]:
     """The text cut after its first ``max_words`` whitespace-separated words, and how many words it had."""
-    words = text.split()
-    if len(words) <= max_words:
-        return text, len(words)
-    cut, seen = 0, 0
-    for i, ch in enumerate(text):
-        if not ch.isspace() and (i == 0 or text[i - 1].isspace()):
-            seen += 1
-            if seen > max_words:
-                cut = i
-                break
-    return text[:cut].rstrip(), len(words)
+    spans = _word_spans(text)
+    if len(spans) <= max_words:
+        return text, len(spans)
+    return text[: spans[max_words][0]].rstrip(), len(spans)
 
 
 def score(model, text: str, kind: str = "raw", max_words: int = MAX_WORDS) -> dict:
@@ -107,12 +101,4 @@ def _pretrained(p: Pretrained, text: str) -> dict:
 
 
 def _word_spans(text: str) -> list[tuple[int, int]]:
-    spans, start = [], None
-    for i, ch in enumerate(text + " "):
-        if ch.isspace():
-            if start is not None:
-                spans.append((start, i))
-                start = None
-        elif start is None:
-            start = i
-    return spans
+    return [m.span() for m in re.finditer(r"\S+", text)]

@@ -85,7 +85,12 @@ def evaluate_task_model(name: str, cfg: FtEvalConfig, shots: list[int]) -> resul
     model, tokenizer = _load(name, cfg)
     qa = _pubmedqa(model, tokenizer, cfg.pubmedqa, ["lm-eval"], shots)
     return results.TaskEvaluation(model=name, pubmedqa_settings=qa, seconds=time.perf_counter() - started,
-                                  settings=dict(to_dict(cfg.pubmedqa), shots=list(shots), device=cfg.run.device))
+                                  settings=task_settings(cfg, shots))
+
+
+def task_settings(cfg: FtEvalConfig, shots: list[int]) -> dict:
+    """What a task model's PubMedQA scores record (and the study compares to decide they are done)."""
+    return dict(to_dict(cfg.pubmedqa), shots=list(shots), device=cfg.run.device)
 
 
 def _pubmedqa(model, tokenizer, q, variants: list[str], shot_counts: list[int]) -> dict[str, dict]:

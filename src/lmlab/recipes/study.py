@@ -100,8 +100,8 @@ class Steps:
     def task_evaluation(self, name: str, path: Path, model: str, settings, shots: list[int],
                         work: Callable[[], results.TaskEvaluation]):
         """A task fine-tune's PubMedQA scores, which record their settings and model the same way."""
-        recorded = dict(to_dict(settings.pubmedqa), shots=list(shots), device=settings.run.device)
-        return self._evaluated(name, path, model, recorded, results.TaskEvaluation, work)
+        return self._evaluated(name, path, model, ft_eval.task_settings(settings, shots), results.TaskEvaluation,
+                               work)
 
     def _evaluated(self, name: str, path: Path, model: str, settings: dict, cls, work):
         existing = results.read_if_present(path, cls)

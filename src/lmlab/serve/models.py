@@ -42,15 +42,9 @@ class ModelSet:
         self.lock = threading.Lock()
 
     def describe(self) -> list[dict]:
-        out = []
-        for name, m in self.models.items():
-            if isinstance(m, Pretrained):
-                out.append({"name": name, "kind": "pretrained", "vocab": len(m.tokenizer),
-                            "params": sum(p.numel() for p in m.model.parameters())})
-            else:
-                out.append({"name": name, "kind": "word-level", "vocab": len(m.vocab),
-                            "params": sum(p.numel() for p in m.model.parameters())})
-        return out
+        return [{"name": name, "kind": "pretrained" if isinstance(m, Pretrained) else "word-level",
+                 "vocab": len(m.tokenizer if isinstance(m, Pretrained) else m.vocab),
+                 "params": sum(p.numel() for p in m.model.parameters())} for name, m in self.models.items()]
 
     def get(self, name: str):
         if name not in self.models:
