@@ -59,6 +59,9 @@ class RecurrentModel:
     dropout_out: float = probability()
     tie_weights: bool
     init_range: float = key(min=0.0)
+    weight_drop: float = probability()     # DropConnect on hidden-to-hidden weights (scratch layers)
+    activation_reg: float = key(min=0.0)   # AR: alpha * mean(h^2) of the last layer's output
+    temporal_reg: float = key(min=0.0)     # TAR: beta * mean((h_t - h_{t-1})^2)
 
 
 @dataclass
@@ -347,6 +350,14 @@ class StudyTrain:
 
 
 @dataclass
+class StudyScaling:
+    models: list[str] = key(item_choices=RecurrentModel.ARCHES + TransformerModel.ARCHES)
+    widths: list[int]                      # recurrent: emb = hidden size; transformer: d_model (d_ff = 4x)
+    budgets: list[float]                   # minutes of training + validation per run
+    overrides: list[str]                   # train keys of every run
+
+
+@dataclass
 class StudyEval:
     corpora: list[str]
 
@@ -391,10 +402,17 @@ class StudyDpo:
 
 
 @dataclass
+class StudyRl:
+    start: str                             # "base" or one of finetune.modes (of the first model)
+
+
+@dataclass
 class StudyConfig:
     train: StudyTrain
+    scaling: StudyScaling
     eval: StudyEval
     sample: StudySample
     finetune: StudyFinetune
     dpo: StudyDpo
+    rl: StudyRl
     preset: str

@@ -25,7 +25,7 @@ class GRULayer(RecurrentLayer):
         """x: (T, B, input); h: (1, B, hidden). Returns outputs (T, B, hidden) and the last state."""
         hidden = self.hidden_size
         xw = self.input_projections(x, self.bias_ih_l0)
-        w_hh_t = self.weight_hh_l0.t()
+        w_hh_t = self.recurrent_weight().t()
         h_t = h[0]
         outputs = []
         for t in range(x.size(0)):

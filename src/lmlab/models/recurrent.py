@@ -5,10 +5,16 @@ and ``impl = "nn"`` (``torch.nn.RNN``/``GRU``/``LSTM``, one per layer). Their pa
 state dict of one loads into the other, which is how the tests prove the two compute the same function.
 Layers are stacked one module per layer (not ``nn.LSTM(num_layers=L)``) so that dropout between layers can
 use one mask across time, which ``nn.LSTM``'s built-in inter-layer dropout cannot.
+
+AWD-LSTM's regularisers (Merity et al. 2018) are options: ``weight_drop`` (DropConnect on the hidden-to-hidden
+weights, scratch layers only: ``torch.nn``'s fused kernels take no masked weight), and activation (AR) and
+temporal activation regularisation (TAR), which a training forward leaves in ``regularization`` for the loop
+to add to the loss.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from lmlab.models import nn_twins
@@ -41,17 +47,27 @@ class RecurrentLM(nn.Module):
         dropout_out: float = 0.0,
         tie_weights: bool = True,
         init_range: float = 0.1,
+        weight_drop: float = 0.0,
+        activation_reg: float = 0.0,
+        temporal_reg: float = 0.0,
     ):
         super().__init__()
         if (cell, impl) not in LAYERS:
             raise ValueError(f"unknown recurrent cell/impl {cell}/{impl}")
         if tie_weights and hidden_size != emb_size:
             raise ValueError(f"tie_weights needs hidden_size == emb_size (got {hidden_size} and {emb_size})")
+        if weight_drop and impl != "scratch":
+            raise ValueError("model.weight_drop needs model.impl = \"scratch\" (torch.nn's fused recurrent kernels "
+                             "cannot take a masked weight): set one or the other")
         layer = LAYERS[(cell, impl)]
         self.encoder = nn.Embedding(vocab_size, emb_size)
         self.layers = nn.ModuleList(
             layer(emb_size if k == 0 else hidden_size, hidden_size) for k in range(num_layers)
         )
+        for module in self.layers:
+            module.weight_drop = weight_drop
+        self.activation_reg, self.temporal_reg = activation_reg, temporal_reg
+        self.regularization = torch.zeros(())  # AR + TAR of the last training forward (0 when off)
         self.drop_emb = LockedDropout(dropout_emb)
         self.drop_layer = LockedDropout(dropout_layer)
         self.drop_out = LockedDropout(dropout_out)
@@ -73,7 +89,17 @@ class RecurrentLM(nn.Module):
         x = self.drop_emb(self.encoder(tokens))
         new_state = []
         for k, (layer, layer_state) in enumerate(zip(self.layers, state)):
-            x, s = layer(x, layer_state)
+            raw, s = layer(x, layer_state)
             new_state.append(s)
-            x = self.drop_layer(x) if k < len(self.layers) - 1 else self.drop_out(x)
+            x = self.drop_layer(raw) if k < len(self.layers) - 1 else self.drop_out(raw)
+        if self.training and (self.activation_reg or self.temporal_reg):
+            self.regularization = self._activation_penalty(raw, x)
         return self.decoder(x), new_state
+
+    def _activation_penalty(self, raw, dropped):
+        """AR: alpha * mean(h_t^2) of the last layer's dropped-out output (keeps activations small); TAR:
+        beta * mean((h_t - h_{t-1})^2) of its raw output (keeps the state from jumping), as in AWD-LSTM."""
+        penalty = self.activation_reg * dropped.pow(2).mean()
+        if raw.size(0) > 1:
+            penalty = penalty + self.temporal_reg * (raw[1:] - raw[:-1]).pow(2).mean()
+        return penalty

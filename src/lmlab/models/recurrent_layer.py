@@ -1,12 +1,13 @@
 """What every from-scratch recurrent layer shares: ``torch.nn.RNN``/``GRU``/``LSTM``'s parameters (same
-names, shapes and initialisation, so state dicts move between a layer and its twin unchanged) and a zero
-initial state."""
+names, shapes and initialisation, so state dicts move between a layer and its twin unchanged), a zero
+initial state and DropConnect on the recurrent weights."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -14,6 +15,7 @@ class RecurrentLayer(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, gates: int):
         super().__init__()
         self.hidden_size = hidden_size
+        self.weight_drop = 0.0  # set by RecurrentLM
         self.weight_ih_l0 = nn.Parameter(torch.empty(gates * hidden_size, input_size))
         self.weight_hh_l0 = nn.Parameter(torch.empty(gates * hidden_size, hidden_size))
         self.bias_ih_l0 = nn.Parameter(torch.empty(gates * hidden_size))
@@ -29,3 +31,9 @@ class RecurrentLayer(nn.Module):
         """x W_ih^T + bias for every step at once: one large GEMM, (T, B, gates * hidden)."""
         steps, batch, _ = x.shape
         return torch.addmm(bias, x.reshape(steps * batch, -1), self.weight_ih_l0.t()).view(steps, batch, -1)
+
+    def recurrent_weight(self) -> torch.Tensor:
+        """W_hh, with DropConnect while training (Wan et al. 2013, as AWD-LSTM uses it, Merity et al. 2018): one
+        mask per call, so per BPTT window, shared by every step and column. Dropping recurrent *weights* rather
+        than activations regularises the recurrence without disturbing the fast per-step kernels."""
+        return F.dropout(self.weight_hh_l0, self.weight_drop, self.training)

@@ -18,7 +18,7 @@ class ElmanLayer(RecurrentLayer):
         """x: (T, B, input); h: (1, B, hidden). Returns outputs (T, B, hidden) and the last state."""
         # The input projection of every step is one large GEMM; only h W_hh^T must wait for the previous step.
         xw = self.input_projections(x, self.bias_ih_l0 + self.bias_hh_l0)
-        w_hh_t = self.weight_hh_l0.t()
+        w_hh_t = self.recurrent_weight().t()
         h_t = h[0]
         outputs = []
         for t in range(x.size(0)):

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -32,6 +31,7 @@ from lmlab.report.plots import plot_curves
 from lmlab.training import budget, checkpoint, lifecycle, rundir, runtime, schedule
 from lmlab.training.logger import MetricsLogger
 from lmlab.training.progress import Best, diverged
+from lmlab.training.step import optimizer_step
 
 log = logging.getLogger("lmlab")
 
@@ -201,18 +201,11 @@ def _train_epoch(run: _Run, epoch: int):
     for step, (x, y) in enumerate(bar):
         if cfg.train.steps and progress["step"] >= cfg.train.steps:
             break  # the planned steps are spent: this epoch is the last, and shorter
-        with autocast:
-            logits = batches.forward(run.train_model, x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.clip > 0:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.clip)
         lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
+        loss = optimizer_step(batches, run.train_model, net, x, y, optimizer, cfg.optim.clip, autocast)
         sched.step()
         progress["step"] += 1
-        loss_sum += loss.detach().double() * y.numel()
+        loss_sum += loss.double() * y.numel()
         tokens += y.numel()
         if step % 20 == 0:  # reading the loss synchronises a GPU: do it now and then, not every step
             current = loss.item()

@@ -20,13 +20,13 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lmlab.training import runtime
+from lmlab.training.step import optimizer_step
 
 log = logging.getLogger("lmlab")
 WARMUP_STEPS = 3     # not timed: first-call allocations, thread start-up
-PROBE_SECONDS = 10   # time at least this long ...
+PROBE_SECONDS = 10   # time at least this long (at most 5% of the budget) ...
 PROBE_STEPS = 1000   # ... or this many steps, whichever comes first
 
 
@@ -38,7 +38,7 @@ def plan_steps(minutes: float, family, net, cfg, streams: dict, rt: runtime.Runt
     with _saved_random_state():
         probe = copy.deepcopy(net)
         optimizer = make_optimizer(probe)
-        step_seconds = _step_seconds(family, probe, optimizer, cfg, streams, rt)
+        step_seconds = _step_seconds(family, probe, optimizer, cfg, streams, rt, min(PROBE_SECONDS, minutes * 3))
         valid_seconds = _valid_seconds(family, net, cfg, streams) + _checkpoint_seconds(probe, optimizer)
     step_seconds, valid_seconds = (v / rt.world_size for v in runtime.all_reduce_sum(rt, [step_seconds, valid_seconds]))
     left = minutes * 60 - (time.perf_counter() - started)
@@ -62,23 +62,16 @@ def steps_that_fit(seconds: float, step_seconds: float, valid_seconds: float, st
     return low
 
 
-def _step_seconds(family, probe, optimizer, cfg, streams, rt) -> float:
+def _step_seconds(family, probe, optimizer, cfg, streams, rt, probe_seconds: float) -> float:
     probe.train()
     batches = family.train_batches(probe, streams["train"], cfg.data, 1, cfg.train.seed, rt)
     started, timed_from, n = time.perf_counter(), None, 0
     for x, y in batches:
-        logits = batches.forward(probe, x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.clip > 0:
-            torch.nn.utils.clip_grad_norm_(probe.parameters(), cfg.optim.clip)
-        optimizer.step()
-        loss.item()  # wait for the device
+        optimizer_step(batches, probe, probe, x, y, optimizer, cfg.optim.clip).item()  # .item() waits for the device
         n += 1
         if n == WARMUP_STEPS:
             timed_from = time.perf_counter()
-        elif timed_from and (n - WARMUP_STEPS >= PROBE_STEPS or time.perf_counter() - timed_from >= PROBE_SECONDS):
+        elif timed_from and (n - WARMUP_STEPS >= PROBE_STEPS or time.perf_counter() - timed_from >= probe_seconds):
             break
     if n <= WARMUP_STEPS:  # an epoch too short to warm up: time all of it
         return (time.perf_counter() - started) / max(1, n)

@@ -1,0 +1,24 @@
+"""One optimiser step of a word-level model, shared by training and the budget's timing probe (so the probe
+times exactly what training runs)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+
+def optimizer_step(batches, model, net, x, y, optimizer, clip: float, autocast=None):
+    """Forward (through ``model``, which may wrap ``net`` in DDP or a compiled graph), cross-entropy, backward,
+    gradient clipping, update. Returns the mean token NLL (detached); regularisers a model adds (AR/TAR of
+    recurrent models) enter the gradient but not the returned loss, which stays a pure NLL."""
+    with autocast or contextlib.nullcontext():
+        logits = batches.forward(model, x)
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+    optimizer.zero_grad(set_to_none=True)
+    (loss + getattr(net, "regularization", 0.0)).backward()
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+    optimizer.step()
+    return loss.detach()
