@@ -177,6 +177,7 @@ class StudyLayout:
 
         ptb/<arch>/                   training runs (TrainFinal), one per study train.models
         ptb_table.md                  the perplexity table
+        scaling/<B>min/<arch>-w<W>/   the scaling study's runs (budget B, width W); scaling/scaling.{json,md,png}
         cross_domain/                 cross_domain.json (one object per run x corpus), .md, .csv, .png, summary
         samples.json                  every sample with its statistics, and the summary per model and strategy
         finetune/<model>/base.json    ft-eval of a pretrained model (ModelEvaluation), shared by its fine-tunes
@@ -185,6 +186,7 @@ class StudyLayout:
         finetune/sizes/docsN/         the data-size experiment (the first model)
         finetune/qa.json              PubMedQA per model x starting point x setting
         dpo/<source>/                 DPO runs with before.json / after.json (PreferenceMeasurement)
+        rl/                           the GRPO run with before.json / after.json (TaskEvaluation)
         report.md, report.html        the report; study.log the log of every run of the study
     """
 
@@ -193,6 +195,17 @@ class StudyLayout:
 
     def ptb_run(self, arch: str) -> Path:
         return self.root / "ptb" / arch
+
+    @property
+    def scaling(self) -> Path:
+        return self.root / "scaling"
+
+    @property
+    def rl_run(self) -> Path:
+        return self.root / "rl"
+
+    def scaling_run(self, budget: float, arch: str, width: int) -> Path:
+        return self.scaling / f"{budget:g}min" / f"{arch}-w{width}"
 
     @property
     def ptb_table(self) -> Path:

@@ -26,9 +26,9 @@ def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, domai
     assert (out / "cross_domain" / "cross_domain.png").is_file()
     assert json.loads((out / "samples.json").read_text())["summary"]
     report = (out / "report.md").read_text()
-    for section in ("## Setup", "## Penn Treebank", "## Across domains", "## Samples", "## Fine-tuning",
+    for section in ("## Setup", "## Penn Treebank", "## Scaling", "## Across domains", "## Samples", "## Fine-tuning",
                     "Before and after (`lmlab ft-eval`)", "### PubMedQA", "### Effect of training-set size", "## Preference alignment (DPO)",
-                    "### `general` pairs", "### `pubmedqa` pairs", "## Analysis"):
+                    "### `general` pairs", "### `pubmedqa` pairs", "## RL with a verifiable reward (GRPO)", "## Analysis"):
         assert section in report
     for model in ("rnn", "gru", "lstm", "transformer"):  # every epoch's numbers, as the run wrote them
         for row in (out / "ptb" / model / "metrics.jsonl").read_text().splitlines():
@@ -57,12 +57,19 @@ def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, domai
         b, a = (json.loads((out / "dpo" / source / f).read_text()) for f in ("before.json", "after.json"))
         assert f"| preference accuracy (summed log-lik.) | {b['preference_acc']:.3f} | {a['preference_acc']:.3f} |" in report
         assert b["reward_margin"] == 0.0 and (out / "dpo" / source / "model" / "config.json").is_file()
+    rl_before, rl_after = (json.loads((out / "rl" / f).read_text())["pubmedqa_settings"]["lm-eval 0-shot"]
+                           for f in ("before.json", "after.json"))
+    assert f"| accuracy [95% CI] | {rl_before['accuracy']:.3f} [" in report and f"| {rl_after['accuracy']:.3f} [" in report
+    scaling = json.loads((out / "scaling" / "scaling.json").read_text())
+    assert len(scaling["runs"]) == 4 and f"{scaling['runs'][0]['valid_ppl']:.2f}" in report
     html = (out / "report.html").read_text()
-    # 4 PTB curves + cross-domain chart + full/LoRA/2 task curves + data-size chart + 2 DPO curves, all inlined
-    assert html.count("data:image/png;base64,") == 12 and 'src="ptb/' not in html and 'src="dpo/' not in html
+    # 4 PTB curves + scaling + cross-domain chart + full/LoRA/2 task curves + data-size chart + 2 DPO curves + the
+    # GRPO curves, all inlined
+    assert html.count("data:image/png;base64,") == 14 and 'src="ptb/' not in html and 'src="dpo/' not in html
     assert main(study) == 0
-    # 4 trainings, eval, sample, 6 fine-tunes (full, LoRA, 2 sizes, 2 task), 3 ft-evals, 2 task scores, 2 DPO
-    assert capsys.readouterr().err.count("done already") == 19
+    # 4 trainings, 4 scaling runs, eval, sample, 6 fine-tunes (full, LoRA, 2 sizes, 2 task), 3 ft-evals, 2 task
+    # scores, 2 DPO, 1 RL
+    assert capsys.readouterr().err.count("done already") == 24
     log = (out / "study.log").read_text()
     assert log.count("[study]") == 2 and "[report]" in log  # the whole run is logged, run after run
 

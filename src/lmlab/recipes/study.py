@@ -1,9 +1,11 @@
 """lmlab run: the study pipeline. It only calls the other recipes, through one step runner.
 
-Steps: ``train`` (each PTB architecture of the study config with one preset) -> ``eval`` (every model on the
+Steps: ``train`` (each PTB architecture of the study config with one preset) -> ``scaling`` (architectures at
+several widths under equal wall-time budgets) -> ``eval`` (every model on the
 study's corpora, with the cross-domain comparison) -> ``sample`` (the same prompts to every model) ->
 ``finetune`` (the pretrained model on the domain corpus in each mode, and the data-size experiment) ->
-``ft-eval`` (the same harness before and after) -> ``dpo`` (each pair source, from the chosen start) ->
+``ft-eval`` (the same harness before and after) -> ``dpo`` (each pair source, from the chosen start) -> ``rl``
+(GRPO on PubMedQA verdicts) ->
 ``report`` (report.md and a self-contained report.html built from the result files).
 
 One rule decides what a step does (:class:`Steps`): a unit whose result file exists and was made with the same
@@ -24,15 +26,16 @@ from lmlab import results
 from lmlab.config import PRESETS, StudyConfig, changed_keys, load_study, to_dict
 from lmlab.errors import LmlabError
 from lmlab.generation import SamplingSettings
-from lmlab.recipes import dpo, evaluate, finetune, ft_eval, sample, train
+from lmlab.recipes import dpo, evaluate, finetune, ft_eval, rl, sample, train
 from lmlab.report.comparison import write_comparison
 from lmlab.report.document import write_report
+from lmlab.report import scaling
 from lmlab.report.pretrained import task_name, qa_summary
 from lmlab.report.tables import finetune_table, perplexity_table
 from lmlab.training import rundir
 
 log = logging.getLogger("lmlab")
-STEPS = ("train", "eval", "sample", "finetune", "ft-eval", "dpo", "report")
+STEPS = ("train", "scaling", "eval", "sample", "finetune", "ft-eval", "dpo", "rl", "report")
 
 
 def run(preset: str, out: Path, only: list[str] | None = None, skip: list[str] | None = None,
@@ -119,12 +122,37 @@ def train_step(runner: Steps, study: StudyConfig, preset: str) -> None:
     for arch in study.train.models:
         cfg = train.configure(arch, preset)
         run_dir = layout.ptb_run(arch)
+        _keep_plan(cfg, run_dir)
         runner.run_dir(f"train {arch}", run_dir, cfg, rundir.FINAL, lambda resume: train.run(cfg, run_dir, resume))
     finals = {arch: results.read(layout.ptb_run(arch) / rundir.FINAL, results.TrainFinal) for arch in study.train.models}
     table = perplexity_table(finals)
     layout.ptb_table.write_text(table + "\n", encoding="utf-8")
     log.info("\nPenn Treebank, word-level perplexity (10k vocabulary; <eos> counted; best-validation checkpoint)\n\n%s",
              table)
+
+
+def scaling_step(runner: Steps, study: StudyConfig, preset: str) -> None:
+    """Every (budget, architecture, width) as a budgeted `lmlab train` run, then the table, plot and fits."""
+    layout, s = runner.layout, study.scaling
+    for budget in s.budgets:
+        for arch in s.models:
+            for width in s.widths:
+                cfg = train.configure(arch, preset, [*s.overrides, *scaling.width_overrides(arch, width),
+                                                     f"train.budget_minutes={budget:g}"])
+                run_dir = layout.scaling_run(budget, arch, width)
+                _keep_plan(cfg, run_dir)
+                runner.run_dir(f"scaling {arch} w{width} {budget:g} min", run_dir, cfg, rundir.FINAL,
+                               lambda resume, cfg=cfg, run_dir=run_dir: train.run(cfg, run_dir, resume))
+    rows = scaling.collect(layout, s.models, s.widths, s.budgets)
+    scaling.write(rows, layout.scaling)
+    log.info("\nScaling at equal wall time (PTB validation perplexity, word)\n\n%s",
+             (layout.scaling / "scaling.md").read_text())
+
+
+def _keep_plan(cfg, run_dir: Path) -> None:
+    """A budgeted run's plan, once made, is its step count: a rerun compares (and resumes) with those steps."""
+    if cfg.train.budget_minutes and not cfg.train.steps and (run_dir / rundir.CONFIG).is_file():
+        cfg.train.steps = rundir.read_json(run_dir / rundir.CONFIG)["train"].get("steps", 0)
 
 
 def eval_step(runner: Steps, study: StudyConfig, preset: str) -> None:
@@ -233,14 +261,21 @@ def dpo_step(runner: Steps, study: StudyConfig, preset: str) -> None:
                        dpo.run(cfg, run_dir), resumable=False)
 
 
+def rl_step(runner: Steps, study: StudyConfig, preset: str) -> None:
+    """GRPO from the chosen start (the first model); like DPO, it does not resume."""
+    start = _start_model(runner.layout, study, study.finetune.models[0], study.rl.start)
+    cfg, run_dir = rl.configure(start, preset), runner.layout.rl_run
+    runner.run_dir("rl", run_dir, cfg, results.AFTER, lambda _: rl.run(cfg, run_dir), resumable=False)
+
+
 def report_step(runner: Steps, study: StudyConfig, preset: str) -> None:
     """Cheap, and it must reflect whatever the other steps left: always rebuilt."""
     md_path, html_path = write_report(runner.layout, study, preset)
     log.info("[report] %s and %s", md_path, html_path)
 
 
-STEP_FUNCTIONS = {"train": train_step, "eval": eval_step, "sample": sample_step, "finetune": finetune_step,
-                  "ft-eval": ft_eval_step, "dpo": dpo_step, "report": report_step}
+STEP_FUNCTIONS = {"train": train_step, "scaling": scaling_step, "eval": eval_step, "sample": sample_step, "finetune": finetune_step,
+                  "ft-eval": ft_eval_step, "dpo": dpo_step, "rl": rl_step, "report": report_step}
 
 
 @contextlib.contextmanager

@@ -23,6 +23,9 @@ from lmlab.report.pretrained import (
     dpo_section,
     finetune_results,
     finetune_section,
+    rl_lines,
+    rl_result,
+    rl_section,
 )
 from lmlab.report.tables import perplexity_table, side_by_side, summary_table
 from lmlab.results import StudyLayout
@@ -52,6 +55,12 @@ def build_markdown(layout: StudyLayout, config: StudyConfig, preset: str) -> str
             parts += [f"| {r['epoch']} | {r['train_ppl']:.2f} | {r['valid_ppl']:.2f} | {r['lr']:.3g} | "
                       f"{r['tokens_per_s']:,.0f} | {r['seconds']:.0f} |" for r in rows]
             parts += ["", f"![{model} curves](ptb/{model}/curves.png)", ""]
+    if (layout.scaling / "scaling.md").is_file():
+        parts += ["## Scaling: which architecture and size per CPU-minute", "",
+                  "Each run trains for the same wall time (budget) on this machine, its schedule planned over the "
+                  "steps that fit (`train.budget_minutes`); the plot shows validation perplexity against size and "
+                  "against the tokens each run could see.", "", (layout.scaling / "scaling.md").read_text(), "",
+                  "![scaling](scaling/scaling.png)", ""]
     cross = layout.cross_domain / "cross_domain.md"
     if cross.is_file():
         parts += ["## Across domains", "", cross.read_text(), "", "![cross-domain chart](cross_domain/cross_domain.png)", ""]
@@ -61,9 +70,10 @@ def build_markdown(layout: StudyLayout, config: StudyConfig, preset: str) -> str
         parts += ["## Samples", "", summary_table(samples["summary"]).strip(), "",
                   side_by_side([s for s in samples["samples"] if s["prompt"] == first_prompt]).strip(), ""]
     finetunes, dpo_runs = finetune_results(layout, config), dpo_results(layout, config)
-    parts += finetune_section(layout, finetunes) + dpo_section(layout, dpo_runs)
+    rl_run = rl_result(layout)
+    parts += finetune_section(layout, finetunes) + dpo_section(layout, dpo_runs) + rl_section(layout, rl_run)
     parts += ["## Analysis (generated from the numbers above)", "",
-              *analysis(layout, finals, samples, finetunes, dpo_runs), ""]
+              *analysis(layout, finals, samples, finetunes, dpo_runs), *rl_lines(rl_run), ""]
     return "\n".join(parts)
 
 
@@ -96,6 +106,12 @@ def analysis(layout: StudyLayout, finals: dict, samples: dict | None, finetunes:
         worst = max(finals, key=lambda m: finals[m].test_ppl)
         lines.append(f"- In domain, **{best}** is best (PTB test perplexity {finals[best].test_ppl:.2f}) and "
                      f"**{worst}** worst ({finals[worst].test_ppl:.2f}).")
+    if (layout.scaling / "scaling.json").is_file():
+        for budget, s in rundir.read_json(layout.scaling / "scaling.json")["summary"].items():
+            best = s["best"]
+            lines.append(f"- At {budget} minutes per run, **{best['model']} at width {best['width']}** "
+                         f"({best['parameters']:,} parameters) reaches the lowest validation perplexity, "
+                         f"{best['valid_ppl']:.2f}.")
     summary_path = layout.cross_domain / "cross_domain_summary.json"
     if summary_path.is_file():
         s = rundir.read_json(summary_path)

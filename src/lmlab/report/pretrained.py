@@ -201,6 +201,46 @@ def dpo_section(layout: StudyLayout, runs: dict) -> list[str]:
     return parts
 
 
+def rl_result(layout: StudyLayout) -> tuple[TaskEvaluation, TaskEvaluation, dict] | None:
+    """(before, after, run config) of the study's GRPO run, when it has finished."""
+    run_dir = layout.rl_run
+    before = results.read_if_present(run_dir / results.BEFORE, TaskEvaluation)
+    after = results.read_if_present(run_dir / results.AFTER, TaskEvaluation)
+    return (before, after, rundir.read_json(run_dir / rundir.CONFIG)) if before and after else None
+
+
+def rl_section(layout: StudyLayout, run) -> list[str]:
+    if not run:
+        return []
+    before, after, cfg = run
+    b, a = (m.pubmedqa_settings["lm-eval 0-shot"] for m in (before, after))
+    x = after.extra
+    reward = (f"; mean reward of a batch {x['reward_first']:.2f} at the first step, {x['reward_last']:.2f} at the last"
+              if x.get("reward_first") is not None else "")
+    return ["## RL with a verifiable reward (GRPO)", "",
+            f"Start: `{cfg['model']['name']}`; {x.get('steps')} GRPO steps on {x.get('train_prompts')} PubMedQA training "
+            f"questions, {cfg['grpo']['num_generations']} completions per prompt, reward 1 for the gold verdict, KL "
+            f"weight {cfg['grpo']['beta']}; {x.get('train_seconds', 0):.0f} s{reward}. Measured on the lm-eval "
+            f"protocol over {a['questions']} test questions.", "",
+            "| PubMedQA (lm-eval 0-shot) | before | after |", "|---|---:|---:|",
+            f"| accuracy [95% CI] | {with_ci(b, 'accuracy')} | {with_ci(a, 'accuracy')} |",
+            f"| macro-F1 [95% CI] | {with_ci(b, 'macro_f1')} | {with_ci(a, 'macro_f1')} |",
+            f"| answers | {_counts(b['predicted'])} | {_counts(a['predicted'])} |",
+            f"| majority baseline | {b['majority_baseline']:.3f} | {a['majority_baseline']:.3f} |", "",
+            f"![GRPO curves]({layout.rl_run.relative_to(layout.root)}/curves.png)", ""]
+
+
+def rl_lines(run) -> list[str]:
+    if not run:
+        return []
+    b, a = (m.pubmedqa_settings["lm-eval 0-shot"] for m in run[:2])
+    verdict = ("the intervals do not overlap" if not _overlap(a, b) else "the intervals overlap, so the change is not "
+               "shown")
+    above = ("its lower bound clears" if a["accuracy_ci95"][0] > a["majority_baseline"] else "not shown above")
+    return [f"- GRPO on verdict rewards: PubMedQA accuracy {with_ci(b, 'accuracy')} → {with_ci(a, 'accuracy')} "
+            f"({verdict}); after training {above} the majority baseline {a['majority_baseline']:.3f}."]
+
+
 def analysis_lines(r: dict, dpo_runs: dict) -> list[str]:
     lines = []
     for model, m in r["models"].items():
