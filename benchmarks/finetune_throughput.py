@@ -8,7 +8,12 @@ saving excluded from both).
 MFU = model FLOP/s / the fp32 GEMM peak measured in this run; a training token costs 6 x (matmul parameters)
 + 12 x layers x seq_len x hidden for attention (4 x ... with LoRA: frozen weights get no weight gradients).
 
-    python benchmarks/finetune_throughput.py [--model smollm2-135m] [--steps 6] [--batch 4] [--seq-len 256]
+``--profile`` then prints where one training step's time goes (forward, loss, backward, clipping and AdamW on
+the batch shape, torch.profiler self time): matmuls, attention, softmax/cross-entropy, the other element-wise
+ops (RMSNorm, SiLU, rotary embeddings, residuals), the optimiser, and Python between operators — what stands
+between the measured MFU and the GEMM peak.
+
+    python benchmarks/finetune_throughput.py [--model smollm2-135m] [--steps 6] [--batch 4] [--seq-len 256] [--profile]
 """
 
 from __future__ import annotations
@@ -19,7 +24,13 @@ import time
 from pathlib import Path
 
 import torch
-from train_throughput import gemm_peak
+from train_throughput import (
+    MATMUL,
+    SOFTMAX_CE,
+    gemm_peak,
+    print_profile,
+    profile_shares,
+)
 
 from lmlab.pretrained import registry
 from lmlab.pretrained.domain_data import limit, load_domain, pack
@@ -83,6 +94,29 @@ def trainer(args, cfg, out: Path) -> tuple[float, list[float]]:
     return (args.steps - 1) * args.batch * args.seq_len / sum(StepTimer.seconds[1:]), losses, model
 
 
+ATTENTION = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+             "aten::_scaled_dot_product_attention_math", "aten::_softmax", "aten::_softmax_backward_data")
+
+
+def step_profile(model, args, lr: float) -> dict[str, float]:
+    """Bucketed shares of one of our loop's steps (AdamW over the trainable weights, clipping at 1.0)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    tokens = torch.randint(0, model.config.vocab_size, (args.batch, args.seq_len))
+    model.train()
+
+    def step():
+        loss = model(input_ids=tokens, labels=tokens).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.profiler.record_function("optimizer"):
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+
+    return profile_shares(step, 2, {"attention": ATTENTION, "matmul": MATMUL,
+                                    "softmax + cross-entropy": tuple(op for op in SOFTMAX_CE if op not in ATTENTION)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -92,6 +126,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=200, help="training documents to pack")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--lora", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="also print where one training step's time goes")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,6 +144,10 @@ def main() -> None:
               + " ".join(f"{x:.4f}" for x in losses))
     diff = max(abs(a - b) for a, b in zip(ours_losses, hf_losses))
     print(f"ours / Trainer tokens/s: {ours_tok_s / hf_tok_s:.3f}; largest per-step loss difference: {diff:.2e}")
+    if args.profile:
+        lr = cfg.lora.lr if args.lora else cfg.optim.lr
+        print_profile({args.model: step_profile(model, args, lr)},
+                      "where one training step's wall time goes (torch.profiler self time; shares of the step)")
 
 
 if __name__ == "__main__":

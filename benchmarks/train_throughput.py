@@ -9,9 +9,14 @@ is fair to whatever machine runs it. Model FLOPs count matmuls only, forward + b
   matrix, which is what is computed), + 2·d·V for the output layer.
 
 Each step is a full optimiser step (forward, cross-entropy, backward, clipping, SGD/AdamW update) on the
-preset's batch shape.
+preset's batch shape, without DropConnect (``torch.nn``'s kernels cannot apply it, so the twins compare
+the same computation). ``--compile`` adds a row per model with the scratch model under ``torch.compile`` (its CPU
+backend generates fused C++/OpenMP kernels for the element-wise chains). ``--profile`` prints, per model, where
+a scratch step's time goes (torch.profiler self time, bucketed): matmuls (the FLOPs MFU counts), softmax and
+cross-entropy over the vocabulary, the other element-wise and memory ops, the optimiser and clipping, and the
+Python time between operators (the step's wall time less its operators' time).
 
-    python benchmarks/train_throughput.py [--preset cpu] [--threads 2] [--steps 20]
+    python benchmarks/train_throughput.py [--preset cpu] [--threads 2] [--steps 20] [--compile] [--profile]
 """
 
 from __future__ import annotations
@@ -53,7 +58,14 @@ def flops_per_token(cfg: dict) -> float:
     return 3 * forward
 
 
-def step_throughput(cfg: dict, steps: int) -> float:
+MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+          "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "aten::linear", "aten::matmul")
+SOFTMAX_CE = ("aten::_log_softmax", "aten::_log_softmax_backward_data", "aten::nll_loss_forward",
+              "aten::nll_loss_backward", "aten::_softmax", "aten::_softmax_backward_data")
+
+
+def make_step(cfg: dict, compiled: bool = False):
+    """(one training step as a function, tokens per step) on random tokens of the preset's batch shape."""
     torch.manual_seed(0)
     model = build_model(cfg["model"], VOCAB)
     opt = (torch.optim.SGD(model.parameters(), lr=1e-3) if cfg["optim"]["name"] == "sgd"
@@ -64,21 +76,68 @@ def step_throughput(cfg: dict, steps: int) -> float:
         shape = (cfg["data"]["bptt"], cfg["data"]["batch_size"])
     x, y = torch.randint(0, VOCAB, shape), torch.randint(0, VOCAB, shape)
     state = None if cfg["model"]["arch"] == "transformer" else model.initial_state(shape[1], model.encoder.weight)
+    forward = torch.compile(model) if compiled else model
 
     def step():
-        logits = model(x) if state is None else model(x, state)[0]
+        logits = forward(x) if state is None else forward(x, state)[0]
         loss = F.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        with torch.profiler.record_function("optimizer"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
 
-    for _ in range(3):
+    return step, x.numel()
+
+
+def step_throughput(cfg: dict, steps: int, compiled: bool = False) -> float:
+    step, tokens = make_step(cfg, compiled)
+    for _ in range(3):  # warm-up (and, compiled, the compilation)
         step()
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    return x.numel() * steps / (time.perf_counter() - start)
+    return tokens * steps / (time.perf_counter() - start)
+
+
+def profile(cfg: dict, steps: int) -> dict[str, float]:
+    """Share of a scratch step's wall time per bucket (see the module docstring)."""
+    step, _ = make_step(cfg)
+    return profile_shares(step, steps, {"matmul": MATMUL, "softmax + cross-entropy": SOFTMAX_CE})
+
+
+def profile_shares(step, steps: int, buckets: dict[str, tuple[str, ...]]) -> dict[str, float]:
+    """Run ``step`` (which wraps its clipping and update in record_function("optimizer")) under torch.profiler
+    and share out every operator's self time: the optimiser (anything below that label), then the named
+    ``buckets`` by operator name, the rest as element-wise and memory ops; the wall time no operator accounts
+    for is Python and dispatch between operators."""
+    for _ in range(3):
+        step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = time.perf_counter() - start
+    seconds = dict.fromkeys((*buckets, "element-wise + memory", "optimizer + clip"), 0.0)
+    for event in prof.events():
+        if event.name == "optimizer" or event.self_cpu_time_total <= 0:
+            continue
+        parent, in_optimizer = event.cpu_parent, False
+        while parent is not None and not in_optimizer:
+            in_optimizer, parent = parent.name == "optimizer", parent.cpu_parent
+        bucket = "optimizer + clip" if in_optimizer else next(
+            (name for name, ops in buckets.items() if event.name in ops), "element-wise + memory")
+        seconds[bucket] += event.self_cpu_time_total / 1e6
+    seconds["Python + dispatch between ops"] = max(0.0, wall - sum(seconds.values()))
+    return {k: v / wall for k, v in seconds.items()}
+
+
+def print_profile(rows: dict[str, dict[str, float]], title: str) -> None:
+    buckets = list(next(iter(rows.values())))
+    print(f"\n{title}\n")
+    print(f"{'':<22} " + " ".join(f"{b:>{max(9, len(b))}}" for b in buckets))
+    for name, shares in rows.items():
+        print(f"{name:<22} " + " ".join(f"{shares[b]:>{max(9, len(b))}.1%}" for b in buckets))
 
 
 def main() -> None:
@@ -86,6 +145,9 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--compile", action="store_true", help="also time each scratch model under torch.compile")
+    parser.add_argument("--profile", action="store_true", help="print where a scratch step's time goes")
+    parser.add_argument("--models", nargs="+", default=["rnn", "gru", "lstm", "transformer"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,19 +155,25 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 GEMM peak (2048³): {peak / 1e9:.1f} GFLOP/s")
     print(f"preset {args.preset}; one training step = forward + backward + clip + optimiser update\n")
     print(f"{'model':<12} {'impl':<8} {'params':>10} {'GFLOP/token':>12} {'tokens/s':>10} {'GFLOP/s':>8} {'MFU':>6}  scratch/nn time")
-    for model in ("rnn", "gru", "lstm", "transformer"):
+    profiles = {}
+    for model in args.models:
         results = {}
-        for impl in ("nn", "scratch"):
+        for impl in ("nn", "scratch", "compiled") if args.compile else ("nn", "scratch"):
             cfg = to_dict(load_train(model, args.preset))
-            cfg["model"]["impl"] = impl
+            cfg["model"]["impl"] = "nn" if impl == "nn" else "scratch"
+            if "weight_drop" in cfg["model"]:  # the twins compute the same function only without DropConnect
+                cfg["model"]["weight_drop"] = 0.0
             params = parameter_counts(build_model(cfg["model"], VOCAB))["total"]
-            tok_s = step_throughput(cfg, args.steps)
+            tok_s = step_throughput(cfg, args.steps, compiled=impl == "compiled")
             flops = flops_per_token(cfg)
             results[impl] = tok_s
-            ratio = f"{results['nn'] / tok_s:.2f}x" if impl == "scratch" else ""
+            ratio = f"{results['nn'] / tok_s:.2f}x" if impl != "nn" else ""
             print(f"{model:<12} {impl:<8} {params:>10,} {flops / 1e9:>12.4f} {tok_s:>10,.0f} "
                   f"{flops * tok_s / 1e9:>8.1f} {flops * tok_s / peak:>6.1%}  {ratio}", flush=True)
-
+            if args.profile and impl == "scratch":
+                profiles[model] = profile(cfg, max(3, args.steps // 2))
+    if profiles:
+        print_profile(profiles, "where a scratch training step's wall time goes (torch.profiler self time; shares of the step)")
 
 if __name__ == "__main__":
     main()
