@@ -20,6 +20,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from lmlab.report.scaling import tokens_per_step
+
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
     name, _, overrides = text.partition(":")
@@ -45,10 +47,9 @@ def row(name: str, overrides: list[str], out: Path, parallel: int, threads: int)
     final = json.loads((out / "final.json").read_text())
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     config = final["config"]
-    tokens_per_step = config["data"]["batch_size"] * (config["model"].get("context_length") or config["data"]["bptt"])
     steps = config["train"]["steps"]
     return {"variant": name, "overrides": overrides, "steps": steps,
-            "epochs": steps * tokens_per_step / final["tokens"]["train"],
+            "epochs": steps * tokens_per_step(config) / final["tokens"]["train"],
             "tokens_per_s": sum(m["tokens_per_s"] for m in metrics) / len(metrics),
             "train_ppl": metrics[-1]["train_ppl"], "valid_ppl": final["valid_ppl"], "test_ppl": final["test_ppl"],
             "minutes": final["train_valid_seconds"] / 60, "parallel_runs": parallel, "threads": threads,

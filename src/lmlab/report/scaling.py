@@ -30,6 +30,11 @@ def width_overrides(arch: str, width: int) -> list[str]:
     return [f"model.emb_size={width}", f"model.hidden_size={width}"]
 
 
+def tokens_per_step(config: dict) -> int:
+    """Training tokens in one optimiser step of a recorded run config (context windows or BPTT windows)."""
+    return config["data"]["batch_size"] * (config["model"].get("context_length") or config["data"]["bptt"])
+
+
 def collect(layout: results.StudyLayout, models: list[str], widths: list[int], budgets: list[float]) -> list[dict]:
     rows = []
     for budget in budgets:
@@ -40,12 +45,10 @@ def collect(layout: results.StudyLayout, models: list[str], widths: list[int], b
                     continue
                 final = results.read(run / rundir.FINAL, results.TrainFinal)
                 config = final.config
-                tokens_per_step = config["data"]["batch_size"] * (config["model"].get("context_length")
-                                                                  or config["data"]["bptt"])
                 rows.append({"budget_minutes": budget, "model": arch, "width": width,
                              "parameters": final.parameters["total"],
                              "non_embedding": final.parameters["non_embedding"],
-                             "steps": config["train"]["steps"], "tokens_seen": config["train"]["steps"] * tokens_per_step,
+                             "steps": config["train"]["steps"], "tokens_seen": config["train"]["steps"] * tokens_per_step(config),
                              "minutes": final.train_valid_seconds / 60, "valid_ppl": final.valid_ppl,
                              "test_ppl": final.test_ppl})
     return rows
