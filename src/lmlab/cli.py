@@ -262,7 +262,7 @@ def _study_and_data_commands(sub, shared: SimpleNamespace) -> None:
                             "evaluate before/after, DPO, report")
     p.add_argument("--preset", default="cpu", help="smoke, cpu or gpu (default: cpu)")
     p.add_argument("--out", type=Path, default=Path("runs"), help="study directory (default: runs)")
-    p.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps (train, eval, sample, finetune, ft-eval, dpo, report)")
+    p.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps (train, scaling, eval, sample, finetune, ft-eval, dpo, rl, report)")
     p.add_argument("--skip", nargs="+", metavar="STEP", help="skip these steps")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a study key, e.g. --set finetune.models=[\"gemma3-270m\"] (repeatable)")

@@ -122,3 +122,24 @@ def test_a_full_disk_is_a_clear_message(tmp_path, capsys, monkeypatch):
     assert main(["run", "--preset", "smoke", "--out", str(tmp_path), "--only", "report"]) == 28
     err = capsys.readouterr().err
     assert "lmlab: error: the disk is full" in err and "Traceback" not in err
+
+
+def test_a_retrained_model_is_evaluated_again(tmp_path, monkeypatch):
+    """The eval step's record names each model by its final.json: the same models skip, a retrained one reruns."""
+    from lmlab.recipes import study
+
+    calls = []
+    monkeypatch.setattr(study.evaluate, "run", lambda runs, corpora: calls.append(runs) or [])
+    monkeypatch.setattr(study, "write_comparison", lambda rows, out: {})
+    config = study.load_study("smoke", ["train.models=['lstm']"])
+    layout = StudyLayout(tmp_path)
+    final = layout.ptb_run("lstm") / "final.json"
+    final.parent.mkdir(parents=True)
+    final.write_text('{"valid_ppl": 100.0}')
+    runner = study.Steps(layout)
+    study.eval_step(runner, config, "smoke")
+    study.eval_step(runner, config, "smoke")
+    assert len(calls) == 1
+    final.write_text('{"valid_ppl": 90.0}')
+    study.eval_step(runner, config, "smoke")
+    assert len(calls) == 2 and calls[1] == [layout.ptb_run("lstm")]

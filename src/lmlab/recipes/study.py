@@ -16,6 +16,7 @@ else starts over. Paths come from :class:`lmlab.results.StudyLayout`; the whole 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import shutil
 import time
@@ -155,6 +156,13 @@ def _keep_plan(cfg, run_dir: Path) -> None:
         cfg.train.steps = rundir.read_json(run_dir / rundir.CONFIG)["train"].get("steps", 0)
 
 
+def _trained(layout: results.StudyLayout, models: list[str]) -> dict[str, str | None]:
+    """Each PTB model as the records of eval and sample name it: the digest of its final.json, which a new
+    training rewrites, so a retrained model is evaluated and sampled again rather than reported from the old one."""
+    finals = {arch: layout.ptb_run(arch) / rundir.FINAL for arch in models}
+    return {arch: hashlib.sha256(f.read_bytes()).hexdigest()[:16] if f.is_file() else None for arch, f in finals.items()}
+
+
 def eval_step(runner: Steps, study: StudyConfig, preset: str) -> None:
     layout, cfg = runner.layout, study.eval
 
@@ -167,7 +175,7 @@ def eval_step(runner: Steps, study: StudyConfig, preset: str) -> None:
         log.info("comparison written to %s; degrades least: %s, most: %s", layout.cross_domain,
                  summary.get("degrades_least"), summary.get("degrades_most"))
 
-    runner.record("eval", dict(to_dict(cfg), models=study.train.models), work)
+    runner.record("eval", dict(to_dict(cfg), models=_trained(layout, study.train.models)), work)
 
 
 def sample_step(runner: Steps, study: StudyConfig, preset: str) -> None:
@@ -179,7 +187,7 @@ def sample_step(runner: Steps, study: StudyConfig, preset: str) -> None:
         sample.run([layout.ptb_run(a) for a in study.train.models], cfg.prompts, settings, seed=cfg.seed,
                    samples=cfg.samples, out=layout.samples)
 
-    runner.record("sample", dict(to_dict(cfg), models=study.train.models), work)
+    runner.record("sample", dict(to_dict(cfg), models=_trained(layout, study.train.models)), work)
 
 
 def finetune_step(runner: Steps, study: StudyConfig, preset: str) -> None:
