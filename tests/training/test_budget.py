@@ -60,3 +60,13 @@ def test_resume_keeps_the_plan(tiny_corpus, tmp_path, monkeypatch):
     assert main([*common, "--resume"]) == 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["steps"] == planned
     assert _rows(tmp_path / "run")[-1]["step"] == planned
+
+
+def test_a_plan_that_outlasts_its_budget_says_so(tiny_corpus, tmp_path, capsys):
+    """The plan is kept when the machine slows down (so the run replays exactly), and the log says by how much."""
+    assert main(["train", "--model", "lstm", "--preset", "smoke", "--set", f"data.corpus={tiny_corpus}",
+                 "--threads", "1", "--out", str(tmp_path / "run"), "--set", "train.budget_minutes=0.0001",
+                 "--set", "train.steps=20"]) == 0
+    err = capsys.readouterr().err
+    assert "the 20 planned steps took" in err and "of a 0.0001-min budget" in err
+    assert json.loads((tmp_path / "run" / "final.json").read_text())["status"] == "finished"

@@ -95,6 +95,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, family, rt) -> results.Tra
              f"{counts['non_embedding']:,}", f"{len(run.corpus.vocab):,}", f"{run.streams['train'][1].numel():,}",
              run.steps_per_epoch, rt.device, f", {rt.world_size} processes" if rt.distributed else "")
     status, divergence = _epochs(run)
+    _report_overrun(cfg.train, run.progress["elapsed"])
     final = None
     if rt.is_main and (out / rundir.BEST).is_file():
         final = _finish(run, counts, status)
@@ -103,6 +104,15 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, family, rt) -> results.Tra
         kept = f"; the best epoch's checkpoint and final.json are kept in {out}" if final else ""
         raise LmlabError(f"training diverged ({divergence}): lower optim.lr or optim.clip and retrain{kept}")
     return final
+
+
+def _report_overrun(t, elapsed_seconds: float) -> None:
+    """A budget's plan is a step count, fixed by the probe so that the run replays exactly; if the machine slows
+    down after the probe, the steps outlast the budget. Say so with the numbers instead of letting it pass."""
+    if t.budget_minutes and elapsed_seconds > 1.05 * 60 * t.budget_minutes:
+        log.warning("the %d planned steps took %.1f min of a %g-min budget: the machine ran slower than the probe "
+                    "measured (the plan is kept so that --set train.steps=%d replays the run)", t.steps,
+                    elapsed_seconds / 60, t.budget_minutes, t.steps)
 
 
 def _setup(cfg: TrainConfig, out: Path, family, rt) -> _Run:
