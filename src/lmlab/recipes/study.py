@@ -123,8 +123,8 @@ def train_step(runner: Steps, study: StudyConfig, preset: str) -> None:
     for arch in study.train.models:
         cfg = train.configure(arch, preset)
         run_dir = layout.ptb_run(arch)
-        _keep_plan(cfg, run_dir)
-        runner.run_dir(f"train {arch}", run_dir, cfg, rundir.FINAL, lambda resume: train.run(cfg, run_dir, resume))
+        train.keep_recorded_plan(cfg, run_dir)
+        runner.run_dir(f"train {arch}", run_dir, cfg, rundir.FINAL, lambda resume, cfg=cfg, run_dir=run_dir: train.run(cfg, run_dir, resume))
     finals = {arch: results.read(layout.ptb_run(arch) / rundir.FINAL, results.TrainFinal) for arch in study.train.models}
     table = perplexity_table(finals)
     layout.ptb_table.write_text(table + "\n", encoding="utf-8")
@@ -141,19 +141,13 @@ def scaling_step(runner: Steps, study: StudyConfig, preset: str) -> None:
                 cfg = train.configure(arch, preset, [*s.overrides, *scaling.width_overrides(arch, width),
                                                      f"train.budget_minutes={budget:g}"])
                 run_dir = layout.scaling_run(budget, arch, width)
-                _keep_plan(cfg, run_dir)
+                train.keep_recorded_plan(cfg, run_dir)
                 runner.run_dir(f"scaling {arch} w{width} {budget:g} min", run_dir, cfg, rundir.FINAL,
                                lambda resume, cfg=cfg, run_dir=run_dir: train.run(cfg, run_dir, resume))
     rows = scaling.collect(layout, s.models, s.widths, s.budgets)
     scaling.write(rows, layout.scaling)
     log.info("\nScaling at equal wall time (PTB validation perplexity, word)\n\n%s",
              (layout.scaling / "scaling.md").read_text())
-
-
-def _keep_plan(cfg, run_dir: Path) -> None:
-    """A budgeted run's plan, once made, is its step count: a rerun compares (and resumes) with those steps."""
-    if cfg.train.budget_minutes and not cfg.train.steps and (run_dir / rundir.CONFIG).is_file():
-        cfg.train.steps = rundir.read_json(run_dir / rundir.CONFIG)["train"].get("steps", 0)
 
 
 def _trained(layout: results.StudyLayout, models: list[str]) -> dict[str, str | None]:

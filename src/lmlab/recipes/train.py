@@ -44,11 +44,18 @@ def configure(model: str, preset: str, overrides: list[str] = ()) -> TrainConfig
     return load_train(model, preset, overrides)
 
 
+def keep_recorded_plan(cfg: TrainConfig, out: Path) -> None:
+    """A budgeted run's plan, once made, is its step count (config.json): a resume, or a study that compares a
+    rerun with the finished run, keeps those steps instead of probing again."""
+    recorded = Path(out) / rundir.CONFIG
+    if cfg.train.budget_minutes and not cfg.train.steps and recorded.is_file():
+        cfg.train.steps = rundir.read_json(recorded)["train"].get("steps", 0)
+
+
 def run(cfg: TrainConfig, out: Path, resume: bool = False) -> results.TrainFinal | None:
     out = Path(out)
-    t = cfg.train
-    if resume and t.budget_minutes and not t.steps and (out / rundir.CONFIG).is_file():
-        t.steps = rundir.read_json(out / rundir.CONFIG)["train"].get("steps", 0)  # a resume keeps the plan it made
+    if resume:
+        keep_recorded_plan(cfg, out)
     family = family_of(cfg.model.arch)
     rt = runtime.setup(cfg.train.device, cfg.train.threads)
     resume = lifecycle.prepare(out, cfg, resume, rt.is_main)
