@@ -102,7 +102,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, family, rt) -> results.Tra
              f"{counts['non_embedding']:,}", f"{len(run.corpus.vocab):,}", f"{run.streams['train'][1].numel():,}",
              run.steps_per_epoch, rt.device, f", {rt.world_size} processes" if rt.distributed else "")
     status, divergence = _epochs(run)
-    _report_overrun(cfg.train, run.progress["elapsed"])
+    if rt.is_main:
+        _report_overrun(cfg.train, run.progress["elapsed"])
     final = None
     if rt.is_main and (out / rundir.BEST).is_file():
         final = _finish(run, counts, status)
