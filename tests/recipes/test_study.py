@@ -143,3 +143,30 @@ def test_a_retrained_model_is_evaluated_again(tmp_path, monkeypatch):
     final.write_text('{"valid_ppl": 90.0}')
     study.eval_step(runner, config, "smoke")
     assert len(calls) == 2 and calls[1] == [layout.ptb_run("lstm")]
+
+
+def test_a_task_fine_tune_from_a_retrained_domain_fine_tune_is_trained_again(tmp_path, monkeypatch):
+    """A task fine-tune's config names its start (a domain fine-tune) by path only; the run records which training
+    of it it was made from, so retraining the start retrains the task run instead of reporting the stale one."""
+    from lmlab.recipes import study
+
+    trained = []
+
+    def fake_run(cfg, run_dir, resume=False):
+        trained.append(run_dir.name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(study.to_dict(cfg)))
+        (run_dir / "final.json").write_text(json.dumps({"run": len(trained)}))
+
+    monkeypatch.setattr(study.finetune, "run", fake_run)
+    config = study.load_study("smoke", ["finetune.models=['tiny']", "finetune.modes=['lora']", "finetune.sizes.train_docs=[]",
+                                        "finetune.task.starts=['lora']", "finetune.task.modes=['lora']"])
+    layout = StudyLayout(tmp_path)
+    runner = study.Steps(layout)
+    study.finetune_step(runner, config, "smoke")
+    assert trained == ["lora", "task-lora-lora"]
+    study.finetune_step(runner, config, "smoke")
+    assert trained == ["lora", "task-lora-lora"]  # nothing changed: both done already
+    (layout.finetune_run("tiny", "lora") / "final.json").unlink()  # the domain fine-tune is trained again
+    study.finetune_step(runner, config, "smoke")
+    assert trained == ["lora", "task-lora-lora", "lora", "task-lora-lora"]

@@ -36,6 +36,7 @@ from lmlab.report.tables import finetune_table, perplexity_table
 from lmlab.training import rundir
 
 log = logging.getLogger("lmlab")
+MADE_FROM = "made_from.json"  # in a run started from a model the study trained: which training of it
 STEPS = ("train", "scaling", "eval", "sample", "finetune", "ft-eval", "dpo", "rl", "report")
 
 
@@ -72,20 +73,31 @@ class Steps:
         log.info("[%s] done already: %s", name, where)
 
     def run_dir(self, name: str, run_dir: Path, cfg, result: str, start: Callable[[bool], Any],
-                resumable: bool = True) -> None:
+                resumable: bool = True, made_from: str | None = None) -> None:
         """A unit that owns a run directory; its result file is ``run_dir/result``. A finished run made with
-        another config is never overwritten: that is an error naming the keys."""
+        another config is never overwritten: that is an error naming the keys. ``made_from`` names a start model
+        that another unit of the study trained (:func:`_made_from`): its config holds only that model's path, so
+        a run made from an earlier training of it is stale and starts over."""
+        record = run_dir / MADE_FROM
+        if made_from and record.is_file() and rundir.read_json(record) != made_from:
+            log.info("[%s] its start model was trained again since: starting over", name)
+            shutil.rmtree(run_dir)
         if (run_dir / result).is_file():
             # runs recorded before a preset gained a key ran with that key's old behaviour: compare shared keys
             changed = changed_keys(rundir.read_json(run_dir / rundir.CONFIG), cfg, shared_only=True)
             if changed:
                 raise LmlabError(f"{run_dir} holds a run made with another config ({', '.join(changed)}): remove "
                                  "it or use another --out")
+            if made_from and not record.is_file():  # recorded before this check: taken as made from this start
+                rundir.write_json(record, made_from)
             return self._skip(name, run_dir / result)
         resume = resumable and (run_dir / rundir.LAST).is_file()
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # an interrupted run without resume state starts over
         log.info("[%s] %s in %s", name, "resuming" if resume else "starting", run_dir)
+        if made_from:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            rundir.write_json(record, made_from)
         start(resume)
 
     def record(self, name: str, cfg: dict, work: Callable[[], None]) -> None:
@@ -194,13 +206,18 @@ def finetune_step(runner: Steps, study: StudyConfig, preset: str) -> None:
     units += [(f"finetune {docs} docs", layout.size_run(docs),
                finetune.configure(f.models[0], f.dataset, preset, [*f.sizes.overrides, f"data.train_docs={docs}"]))
               for docs in f.sizes.train_docs]
-    units += [(f"task {model} from {start} {mode}", layout.task_run(model, start, mode),
-               finetune.configure(_start_model(layout, study, model, start), None, preset, f.task.overrides,
-                                  lora=mode == "lora", task="pubmedqa"))
-              for model in f.models for start in f.task.starts for mode in f.task.modes]
     for name, run_dir, cfg in units:
         runner.run_dir(name, run_dir, cfg, rundir.FINAL,
                        lambda resume, run_dir=run_dir, cfg=cfg: finetune.run(cfg, run_dir, resume))
+    for model in f.models:  # after the domain fine-tunes they may start from, which may have just been trained
+        for start in f.task.starts:
+            for mode in f.task.modes:
+                cfg = finetune.configure(_start_model(layout, study, model, start), None, preset, f.task.overrides,
+                                         lora=mode == "lora", task="pubmedqa")
+                run_dir = layout.task_run(model, start, mode)
+                runner.run_dir(f"task {model} from {start} {mode}", run_dir, cfg, rundir.FINAL,
+                               lambda resume, run_dir=run_dir, cfg=cfg: finetune.run(cfg, run_dir, resume),
+                               made_from=_made_from(layout, model, start))
 
 
 def _start_model(layout: results.StudyLayout, study: StudyConfig, model: str, start: str) -> str:
@@ -210,6 +227,15 @@ def _start_model(layout: results.StudyLayout, study: StudyConfig, model: str, st
     if start not in study.finetune.modes:
         raise LmlabError(f"start '{start}' is neither 'base' nor one of finetune.modes ({', '.join(study.finetune.modes)})")
     return str(layout.finetune_run(model, start) / results.MODEL_DIR)
+
+
+def _made_from(layout: results.StudyLayout, model: str, start: str) -> str | None:
+    """Which training of a start model a run is made from: None for the pretrained model (its name says it), else
+    the digest of that domain fine-tune's final.json, which each new training of it rewrites."""
+    if start == "base":
+        return None
+    final = layout.finetune_run(model, start) / rundir.FINAL
+    return hashlib.sha256(final.read_bytes()).hexdigest()[:16] if final.is_file() else None
 
 
 def ft_eval_step(runner: Steps, study: StudyConfig, preset: str) -> None:
@@ -256,18 +282,21 @@ def _run_name(key: tuple[str, str], models: int) -> str:
 def dpo_step(runner: Steps, study: StudyConfig, preset: str) -> None:
     """DPO from the chosen start (the first model), once per pair source; DPO does not resume."""
     layout, d = runner.layout, study.dpo
-    start = _start_model(layout, study, study.finetune.models[0], d.start)
+    model = study.finetune.models[0]
+    start, made_from = _start_model(layout, study, model, d.start), _made_from(layout, model, d.start)
     for source in d.sources:
         cfg, run_dir = dpo.configure(start, source, preset), layout.dpo_run(source)
         runner.run_dir(f"dpo {source}", run_dir, cfg, results.AFTER, lambda _, cfg=cfg, run_dir=run_dir:
-                       dpo.run(cfg, run_dir), resumable=False)
+                       dpo.run(cfg, run_dir), resumable=False, made_from=made_from)
 
 
 def rl_step(runner: Steps, study: StudyConfig, preset: str) -> None:
     """GRPO from the chosen start (the first model); like DPO, it does not resume."""
-    start = _start_model(runner.layout, study, study.finetune.models[0], study.rl.start)
+    model = study.finetune.models[0]
+    start = _start_model(runner.layout, study, model, study.rl.start)
     cfg, run_dir = rl.configure(start, preset), runner.layout.rl_run
-    runner.run_dir("rl", run_dir, cfg, results.AFTER, lambda _: rl.run(cfg, run_dir), resumable=False)
+    runner.run_dir("rl", run_dir, cfg, results.AFTER, lambda _: rl.run(cfg, run_dir), resumable=False,
+                   made_from=_made_from(runner.layout, model, study.rl.start))
 
 
 def report_step(runner: Steps, study: StudyConfig, preset: str) -> None:
