@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
+
+import pytest
+import torch
 
 from lmlab.cli import main
 from lmlab.training.budget import steps_that_fit
@@ -70,3 +74,34 @@ def test_a_plan_that_outlasts_its_budget_says_so(tiny_corpus, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the 20 planned steps took" in err and "of a 0.0001-min budget" in err
     assert json.loads((tmp_path / "run" / "final.json").read_text())["status"] == "finished"
+    assert "the machine ran slower" in err
+
+
+def test_a_plan_that_leaves_its_budget_unused_says_so(tiny_corpus, tmp_path, capsys):
+    assert main(["train", "--model", "lstm", "--preset", "smoke", "--set", f"data.corpus={tiny_corpus}",
+                 "--threads", "1", "--out", str(tmp_path / "run"), "--set", "train.budget_minutes=5",
+                 "--set", "train.steps=5"]) == 0
+    assert "the 5 planned steps took 0.0 min of a 5-min budget: the machine ran faster" in capsys.readouterr().err
+
+
+def test_the_probe_takes_the_median_step_so_a_burst_of_other_work_does_not_shrink_the_plan(monkeypatch):
+    """Timed steps of 0.1 s with two of 1 s (the machine busy elsewhere for a moment): the plan sees 0.1 s."""
+    from lmlab.training import budget
+
+    durations = iter([0.1] * budget.WARMUP_STEPS + [0.1, 1.0, 0.1, 1.0, 0.1, 0.1, 0.1] + [0.1] * 1000)
+    clock = [0.0]
+
+    def step(*args):
+        clock[0] += next(durations)
+        return torch.zeros(())
+
+    class Family:
+        @staticmethod
+        def train_batches(*args):
+            return [(None, None)] * 2000
+
+    cfg = SimpleNamespace(data=None, train=SimpleNamespace(seed=0), optim=SimpleNamespace(clip=1.0))
+    monkeypatch.setattr(budget, "optimizer_step", step)
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: clock[0])
+    probe = torch.nn.Linear(1, 1)
+    assert budget._step_seconds(Family, probe, None, cfg, {"train": None}, None, probe_seconds=10.0) == pytest.approx(0.1)

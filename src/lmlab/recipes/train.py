@@ -103,7 +103,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, family, rt) -> results.Tra
              run.steps_per_epoch, rt.device, f", {rt.world_size} processes" if rt.distributed else "")
     status, divergence = _epochs(run)
     if rt.is_main:
-        _report_overrun(cfg.train, run.progress["elapsed"])
+        _report_plan_against_budget(cfg.train, run.progress["elapsed"])
     final = None
     if rt.is_main and (out / rundir.BEST).is_file():
         final = _finish(run, counts, status)
@@ -114,13 +114,16 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, family, rt) -> results.Tra
     return final
 
 
-def _report_overrun(t, elapsed_seconds: float) -> None:
-    """A budget's plan is a step count, fixed by the probe so that the run replays exactly; if the machine slows
-    down after the probe, the steps outlast the budget. Say so with the numbers instead of letting it pass."""
-    if t.budget_minutes and elapsed_seconds > 1.05 * 60 * t.budget_minutes:
-        log.warning("the %d planned steps took %.1f min of a %g-min budget: the machine ran slower than the probe "
-                    "measured (the plan is kept so that --set train.steps=%d replays the run)", t.steps,
-                    elapsed_seconds / 60, t.budget_minutes, t.steps)
+def _report_plan_against_budget(t, elapsed_seconds: float) -> None:
+    """A budget's plan is a step count, fixed by the probe so that the run replays exactly; if the machine's
+    speed changes after the probe, the steps outlast the budget or leave part of it unused. Say so with the
+    numbers instead of letting it pass."""
+    budget = 60 * t.budget_minutes
+    if not budget or 0.9 * budget <= elapsed_seconds <= 1.05 * budget:
+        return
+    log.warning("the %d planned steps took %.1f min of a %g-min budget: the machine ran %s than the probe measured "
+                "(the plan is kept so that --set train.steps=%d replays the run)", t.steps, elapsed_seconds / 60,
+                t.budget_minutes, "slower" if elapsed_seconds > budget else "faster", t.steps)
 
 
 def _setup(cfg: TrainConfig, out: Path, family, rt) -> _Run:
