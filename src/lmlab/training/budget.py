@@ -64,9 +64,9 @@ def steps_that_fit(seconds: float, step_seconds: float, valid_seconds: float, st
 
 
 def _step_seconds(family, probe, optimizer, cfg, streams, rt, probe_seconds: float) -> float:
-    """The median time of the timed steps: a burst of other work during the probe (the page cache still writing
-    back a large file another program saved, a process finishing) slows some steps, and a mean over them once
-    planned half the steps an hour allowed (0.24 s/step measured, 0.11 s/step a minute later)."""
+    """The median time of the timed steps: a burst of other work during the probe (the page cache writing back a
+    large file another program saved, a process finishing) slows some of them, which moves a mean and not the
+    median. (A mean-based probe once measured 0.24 s/step where its run took 0.11: half the hour's steps.)"""
     probe.train()
     batches = family.train_batches(probe, streams["train"], cfg.data, 1, cfg.train.seed, rt)
     started, durations, n = time.perf_counter(), [], 0
