@@ -276,3 +276,4 @@ BEFORE, AFTER = "before.json", "after.json"
 MODEL_DIR = "model"      # a fine-tune's or DPO run's best weights, a plain from_pretrained directory
 ADAPTER_DIR = "adapter"  # LoRA only: the peft adapter
 TASK_SCORES = "pubmedqa.json"  # a task fine-tune's PubMedQA scores by setting ("lm-eval 0-shot": report)
+MADE_FROM = "made_from.json"  # a run started from a model the study trained: which training of it (digest)

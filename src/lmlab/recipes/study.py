@@ -36,7 +36,6 @@ from lmlab.report.tables import finetune_table, perplexity_table
 from lmlab.training import rundir
 
 log = logging.getLogger("lmlab")
-MADE_FROM = "made_from.json"  # in a run started from a model the study trained: which training of it
 STEPS = ("train", "scaling", "eval", "sample", "finetune", "ft-eval", "dpo", "rl", "report")
 
 
@@ -78,7 +77,7 @@ class Steps:
         another config is never overwritten: that is an error naming the keys. ``made_from`` names a start model
         that another unit of the study trained (:func:`_made_from`): its config holds only that model's path, so
         a run made from an earlier training of it is stale and starts over."""
-        record = run_dir / MADE_FROM
+        record = run_dir / results.MADE_FROM
         if made_from and record.is_file() and rundir.read_json(record) != made_from:
             log.info("[%s] its start model was trained again since: starting over", name)
             shutil.rmtree(run_dir)
