@@ -164,8 +164,12 @@ def scaling_step(runner: Steps, study: StudyConfig, preset: str) -> None:
 def _trained(layout: results.StudyLayout, models: list[str]) -> dict[str, str | None]:
     """Each PTB model as the records of eval and sample name it: the digest of its final.json, which a new
     training rewrites, so a retrained model is evaluated and sampled again rather than reported from the old one."""
-    finals = {arch: layout.ptb_run(arch) / rundir.FINAL for arch in models}
-    return {arch: hashlib.sha256(f.read_bytes()).hexdigest()[:16] if f.is_file() else None for arch, f in finals.items()}
+    return {arch: _digest(layout.ptb_run(arch) / rundir.FINAL) for arch in models}
+
+
+def _digest(final: Path) -> str | None:
+    """A finished run as records name it: the digest of its final.json (None while it has none)."""
+    return hashlib.sha256(final.read_bytes()).hexdigest()[:16] if final.is_file() else None
 
 
 def eval_step(runner: Steps, study: StudyConfig, preset: str) -> None:
@@ -233,8 +237,7 @@ def _made_from(layout: results.StudyLayout, model: str, start: str) -> str | Non
     the digest of that domain fine-tune's final.json, which each new training of it rewrites."""
     if start == "base":
         return None
-    final = layout.finetune_run(model, start) / rundir.FINAL
-    return hashlib.sha256(final.read_bytes()).hexdigest()[:16] if final.is_file() else None
+    return _digest(layout.finetune_run(model, start) / rundir.FINAL)
 
 
 def ft_eval_step(runner: Steps, study: StudyConfig, preset: str) -> None:

@@ -3,8 +3,8 @@
 A schedule planned over elapsed time would make every run depend on the machine's speed of the moment. lmlab
 measures instead (Li, Yumer & Ramanan, "Budgeted Training", ICLR 2020, plan the schedule over the budget; they
 find linear decay to zero best): a few training steps on a throwaway copy of the model give the seconds per
-step (their median), one validation pass its cost; the steps that fit the budget with a validation after every data epoch and
-at the end become ``train.steps``, recorded in ``config.json``. The learning-rate schedule is then planned over
+step (their median), one validation pass its cost; the steps that fit the budget with a validation after every
+data epoch and at the end become ``train.steps``, recorded in ``config.json``. The learning-rate schedule is then planned over
 those steps, a resume keeps them, and ``--set train.steps=N`` replays the same run on any machine. The probe
 runs under saved random states, so a budgeted run and its replay draw the same numbers.
 """
@@ -69,14 +69,15 @@ def _step_seconds(family, probe, optimizer, cfg, streams, rt, probe_seconds: flo
     median. (A mean-based probe once measured 0.24 s/step where its run took 0.11: half the hour's steps.)"""
     probe.train()
     batches = family.train_batches(probe, streams["train"], cfg.data, 1, cfg.train.seed, rt)
-    started, durations, n = time.perf_counter(), [], 0
+    started, durations, timed, n = time.perf_counter(), [], 0.0, 0
     for x, y in batches:
         step_started = time.perf_counter()
         optimizer_step(batches, probe, probe, x, y, optimizer, cfg.optim.clip).item()  # .item() waits for the device
         n += 1
         if n > WARMUP_STEPS:
             durations.append(time.perf_counter() - step_started)
-            if len(durations) >= PROBE_STEPS or sum(durations) >= probe_seconds:
+            timed += durations[-1]
+            if len(durations) >= PROBE_STEPS or timed >= probe_seconds:
                 break
     if not durations:  # an epoch too short to warm up: time all of it
         return (time.perf_counter() - started) / max(1, n)
