@@ -58,7 +58,8 @@ def run(cfg: DpoConfig, out: Path) -> results.PreferenceMeasurement:
 
     policy, tokenizer = registry.load(cfg.model.name)
     reference, _ = registry.load(cfg.model.name)
-    reference.eval()
+    # the reference is scored beside the trained policy, which the trainer leaves on the run's device
+    reference.to(runtime.resolve_device(cfg.train.device)).eval()
     pairs = _pairs(cfg, reference, tokenizer)
     train_pairs = pairs["train"][: cfg.pairs.train_pairs or None]
     eval_pairs = pairs["eval"][: cfg.pairs.eval_pairs or None]

@@ -68,6 +68,7 @@ def run(cfg: RlConfig, out: Path) -> results.TaskEvaluation:
     lifecycle.prepare(out, cfg, resume=False)
     torch.manual_seed(cfg.train.seed)
     policy, tokenizer = registry.load(cfg.model.name)
+    policy.to(runtime.resolve_device(cfg.train.device))  # measured before training on the device it trains on
     data = prompts(cfg, tokenizer)
     log.info("[rl] %d training prompts, %d completions per prompt, reward: the correct verdict", len(data),
              cfg.grpo.num_generations)
