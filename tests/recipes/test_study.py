@@ -170,3 +170,42 @@ def test_a_task_fine_tune_from_a_retrained_domain_fine_tune_is_trained_again(tmp
     (layout.finetune_run("tiny", "lora") / "final.json").unlink()  # the domain fine-tune is trained again
     study.finetune_step(runner, config, "smoke")
     assert trained == ["lora", "task-lora-lora", "lora", "task-lora-lora"]
+
+
+def test_the_finetune_tables_keep_every_model_evaluated_so_far(tmp_path):
+    """comparison.md and qa.json are rebuilt with the report from the result files: a model that an earlier
+    invocation evaluated (another finetune.models list, as on a GPU lent in pieces) stays in them."""
+    from lmlab import results
+    from lmlab.config import load_study
+    from lmlab.report.pretrained import finetune_results, write_finetune_summaries
+
+    def scores(accuracy: float) -> dict:
+        return {"questions": 4, "accuracy": accuracy, "accuracy_ci95": [0.0, 1.0], "macro_f1": 0.3,
+                "macro_f1_ci95": [0.0, 1.0], "predicted": {"yes": 4}, "gold": {"yes": 2, "no": 2},
+                "majority_class": "yes", "majority_baseline": 0.5, "confusion": {}}
+
+    def evaluation(model: str, accuracy: float) -> results.ModelEvaluation:
+        return results.ModelEvaluation(
+            model=model, architecture="llama", params=1, tokenizer="t", vocab_size=2, domain="pubmed", domain_ppl=9.0,
+            general_ppl={"wikitext2": 20.0}, word_ppl={"wikitext2": 40.0}, byte_ppl={"wikitext2": 2.0},
+            bits_per_byte={"wikitext2": 1.0}, perplexity={}, pubmedqa_acc=accuracy, pubmedqa=scores(accuracy),
+            cloze_acc=0.9, cloze={}, completions=[], settings={}, seconds=1.0, threads=1,
+            pubmedqa_settings={"lm-eval 0-shot": scores(accuracy)})
+
+    layout = StudyLayout(tmp_path)
+    layout.model_dir("a").mkdir(parents=True)
+    results.write(layout.base_evaluation("a"), evaluation("a", 0.25))  # an earlier invocation: base only
+    layout.finetune_run("b", "lora").mkdir(parents=True)
+    results.write(layout.base_evaluation("b"), evaluation("b", 0.5))
+    results.write(layout.finetune_run("b", "lora") / results.AFTER, evaluation("b/lora", 0.75))
+    layout.task_run("b", "lora", "lora").mkdir(parents=True)
+    results.write(layout.task_run("b", "lora", "lora") / results.TASK_SCORES,
+                  results.TaskEvaluation("b/task", {"lm-eval 0-shot": scores(1.0)}, {}, 1.0))
+    config = load_study("smoke", ['finetune.models=["a", "b"]', 'finetune.modes=["lora"]',
+                                  'finetune.task.starts=["lora"]', 'finetune.task.modes=["lora"]'])
+    write_finetune_summaries(layout, finetune_results(layout, config))
+    rows = json.loads(layout.qa.read_text())["rows"]
+    assert [(r["model"], r["run"], r["accuracy"]) for r in rows] == [
+        ("a", "pretrained", 0.25), ("b", "pretrained", 0.5), ("b", "domain LoRA", 0.75),
+        ("b", "task from lora (lora)", 1.0)]
+    assert (layout.finetune / "comparison.md").read_text().startswith("| metric | a before | b before | b after LoRA |")

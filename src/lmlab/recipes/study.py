@@ -31,8 +31,7 @@ from lmlab.recipes import dpo, evaluate, finetune, ft_eval, rl, sample, train
 from lmlab.report.comparison import write_comparison
 from lmlab.report.document import write_report
 from lmlab.report import scaling
-from lmlab.report.pretrained import task_name, qa_summary
-from lmlab.report.tables import finetune_table, perplexity_table
+from lmlab.report.tables import perplexity_table
 from lmlab.training import rundir
 
 log = logging.getLogger("lmlab")
@@ -242,43 +241,32 @@ def _made_from(layout: results.StudyLayout, model: str, start: str) -> str | Non
 
 def ft_eval_step(runner: Steps, study: StudyConfig, preset: str) -> None:
     """ft-eval of each pretrained model (shared by its fine-tunes) and of each domain fine-tune; PubMedQA alone
-    for each task fine-tune; then the comparison table and qa.json over all of them."""
+    for each task fine-tune. The tables over all of them (comparison.md, qa.json) are the report step's: they
+    gather every result present, also those of runs made by earlier invocations with other model lists."""
     layout, f = runner.layout, study.finetune
     cfg = ft_eval.configure(preset)
-    evaluated, tasks = {}, {}
     for model in f.models:
         before = runner.evaluation(f"ft-eval {model}", layout.base_evaluation(model), model, cfg,
                                    lambda model=model: ft_eval.evaluate_model(model, cfg))
-        evaluated[(model, "base")] = before
         for mode in f.modes:
             run_dir = _finished(layout.finetune_run(model, mode))
             trained = str(run_dir / results.MODEL_DIR)
-            evaluated[(model, mode)] = runner.evaluation(f"ft-eval {model} {mode}", run_dir / results.AFTER, trained,
-                                                         cfg, lambda m=trained: ft_eval.evaluate_model(m, cfg))
+            runner.evaluation(f"ft-eval {model} {mode}", run_dir / results.AFTER, trained, cfg,
+                              lambda m=trained: ft_eval.evaluate_model(m, cfg))
             results.write(run_dir / results.BEFORE, before)
         for start in f.task.starts:
             for mode in f.task.modes:
                 run_dir = _finished(layout.task_run(model, start, mode))
                 trained = str(run_dir / results.MODEL_DIR)
-                tasks[(model, task_name(run_dir.name))] = runner.task_evaluation(
-                    f"PubMedQA {model} task from {start} {mode}", run_dir / results.TASK_SCORES, trained, cfg,
-                    f.task.shots, lambda m=trained: ft_eval.evaluate_task_model(m, cfg, f.task.shots))
-    names = {key: _run_name(key, len(f.models)) for key in evaluated}
-    (layout.finetune / "comparison.md").write_text(
-        finetune_table({names[k]: v for k, v in evaluated.items()}) + "\n", encoding="utf-8")
-    rundir.write_json(layout.qa, qa_summary(evaluated, tasks))
+                runner.task_evaluation(f"PubMedQA {model} task from {start} {mode}", run_dir / results.TASK_SCORES,
+                                       trained, cfg, f.task.shots,
+                                       lambda m=trained: ft_eval.evaluate_task_model(m, cfg, f.task.shots))
 
 
 def _finished(run_dir: Path) -> Path:
     if not (run_dir / rundir.FINAL).is_file():
         raise LmlabError(f"{run_dir} has no finished fine-tune: run the finetune step first")
     return run_dir
-
-
-def _run_name(key: tuple[str, str], models: int) -> str:
-    model, what = key
-    what = "before" if what == "base" else f"after {what}"
-    return f"{model} {what}" if models > 1 else what
 
 
 def dpo_step(runner: Steps, study: StudyConfig, preset: str) -> None:

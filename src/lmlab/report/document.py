@@ -26,6 +26,7 @@ from lmlab.report.pretrained import (
     rl_lines,
     rl_result,
     rl_section,
+    write_finetune_summaries,
 )
 from lmlab.report.tables import perplexity_table, side_by_side, summary_table
 from lmlab.results import StudyLayout
@@ -130,6 +131,7 @@ def analysis(layout: StudyLayout, finals: dict, samples: dict | None, finetunes:
 def write_report(layout: StudyLayout, config: StudyConfig, preset: str) -> tuple[Path, Path]:
     md = build_markdown(layout, config, preset)
     layout.report_md.write_text(md + "\n", encoding="utf-8")
+    write_finetune_summaries(layout, finetune_results(layout, config))
     body = markdown.markdown(md, extensions=["tables", "fenced_code"])
     layout.report_html.write_text(_HTML.format(body=_embed_images(body, layout.root)), encoding="utf-8")
     return layout.report_md, layout.report_html

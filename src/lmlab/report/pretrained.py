@@ -20,6 +20,7 @@ from lmlab.results import (
 from lmlab.training import rundir
 
 MODE_NAMES = {"full": "full", "lora": "LoRA"}
+QA_PROTOCOL = "lm-evaluation-harness pubmedqa (PQA-L, official test ids)"
 
 DPO_ROWS = (("preference accuracy (summed log-lik.)", "preference_acc", "{:.3f}"),
             ("preference accuracy (per token)", "preference_acc_normalized", "{:.3f}"),
@@ -59,6 +60,22 @@ def finetune_results(layout: StudyLayout, config: StudyConfig) -> dict:
             "first": f.models[0]}
 
 
+def write_finetune_summaries(layout: StudyLayout, r: dict) -> None:
+    """``finetune/comparison.md`` (every ft-eval present, side by side) and ``finetune/qa.json`` (the PubMedQA
+    rows), rebuilt with the report from the result files, so they cover every model evaluated so far."""
+    evals = {(model, k): e for model, m in r["models"].items() for k, e in m["evals"].items()}
+    if not evals:
+        return
+    several = len(r["models"]) > 1
+    table = finetune_table({f"{model} {_eval_name(k)}" if several else _eval_name(k): e for (model, k), e in evals.items()})
+    (layout.finetune / "comparison.md").write_text(table + "\n", encoding="utf-8")
+    rundir.write_json(layout.qa, {"protocol": QA_PROTOCOL, "rows": r["qa"]})
+
+
+def _eval_name(run: str) -> str:
+    return "before" if run == "before" else f"after {MODE_NAMES.get(run, run)}"
+
+
 def task_name(run: str) -> str:
     """``task-lora-full`` -> ``task from lora (full)``, the name qa.json rows use."""
     _, start, mode = run.split("-")
@@ -83,8 +100,8 @@ def finetune_section(layout: StudyLayout, r: dict) -> list[str]:
         if m["finals"]:
             parts += [_finals_table(m["finals"]), ""]
         if len(m["evals"]) > 1:
-            names = {k: "before" if k == "before" else f"after {MODE_NAMES.get(k, k)}" for k in m["evals"]}
-            parts += ["Before and after (`lmlab ft-eval`):", "", finetune_table({names[k]: v for k, v in m["evals"].items()}), ""]
+            parts += ["Before and after (`lmlab ft-eval`):", "",
+                      finetune_table({_eval_name(k): v for k, v in m["evals"].items()}), ""]
         for name in m["finals"]:
             curves = layout.model_dir(model) / name / rundir.CURVES
             parts += [f"![{model} {name} curves]({curves.relative_to(layout.root)})", ""]
@@ -401,4 +418,4 @@ def qa_summary(evaluations: dict[tuple[str, str], ModelEvaluation],
                 continue
             rows.append({"model": model, "run": name, "setting": setting, "weights": e.model,
                          **{k: r[k] for k in keys if k in r}})
-    return {"protocol": "lm-evaluation-harness pubmedqa (PQA-L, official test ids)", "rows": rows}
+    return {"protocol": QA_PROTOCOL, "rows": rows}
