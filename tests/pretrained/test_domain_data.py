@@ -84,3 +84,26 @@ def test_the_document_separator_is_the_real_end_of_text_token():
     from tests.conftest import gpt2_tokenizer
 
     assert separator_id(gpt2_tokenizer()) == 50256
+
+
+def test_packing_for_a_bos_model_starts_every_chunk_with_bos():
+    """Gemma's tokenizer puts <bos> before every text: each chunk starts with it (documents that start a chunk
+    bring their own), and the documents' tokens still follow in order, none dropped but the ragged tail."""
+    from types import SimpleNamespace
+
+    class BosTokenizer:
+        bos_token_id, eos_token_id = 2, 1
+
+        def get_vocab(self):
+            return {"<pad>": 0, "<eos>": 1, "<bos>": 2}
+
+        def __call__(self, text, add_special_tokens=True):
+            return SimpleNamespace(input_ids=[2] * add_special_tokens + [10 + ord(c) % 80 for c in text])
+
+    tok = BosTokenizer()
+    docs = [Document(str(i), f"Document {i} on renal physiology and its many words.") for i in range(5)]
+    chunks = pack(docs, tok, seq_len=16).tolist()
+    stream = [t for d in docs for t in [2, *tok(d.text, add_special_tokens=False).input_ids, 1]]
+    assert len(chunks) > 10 and all(c[0] == 2 and c[1] != 2 for c in chunks)  # <bos> first, never doubled
+    packed, source = [t for c in chunks for t in c if t != 2], [t for t in stream if t != 2]
+    assert packed == source[: len(packed)] and len(source) - len(packed) < 16  # in order; only the tail dropped

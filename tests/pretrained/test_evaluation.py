@@ -248,3 +248,29 @@ def test_stride_grid_variant_equals_the_hugging_face_perplexity_guide(model):
     assert ours == pytest.approx(nll_sum, rel=1e-6)
     default, _ = perplexity.sliding_nll(model, ids, window, stride)
     assert default != pytest.approx(nll_sum, rel=1e-9)  # the default's last window has more context
+
+
+def test_a_bos_model_gets_its_bos_before_every_window_and_each_token_is_scored_once(model):
+    """Gemma was trained always to see <bos> first: every window after the first starts with it. The scored
+    tokens stay the same (each once, same order); only what the model sees before them changes."""
+    seen = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids):
+            seen.append(input_ids[0].tolist())
+            return self.inner(input_ids=input_ids)
+
+    bos, ids = 50256, [50256] + list(range(100, 300))
+    plain = list(perplexity._windows(Recording(), ids, 64, 24, "end"))
+    assert [row[0] for row in seen[1:]] != [bos] * (len(seen) - 1)  # plain windows start mid-text
+    seen.clear()
+    prefixed = list(perplexity._windows(Recording(), ids, 64, 24, "end", prefix=[bos]))
+    assert all(row[0] == bos for row in seen) and len(seen) == len(plain) > 3
+    assert torch.cat([t for _, t in prefixed]).tolist() == torch.cat([t for _, t in plain]).tolist() == ids[1:]
+    with_bos, count = perplexity.sliding_nll(model, ids, 64, 24, prefix=[bos])
+    without, _ = perplexity.sliding_nll(model, ids, 64, 24)
+    assert count == len(ids) - 1 and with_bos != pytest.approx(without, rel=1e-6)

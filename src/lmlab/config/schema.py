@@ -197,6 +197,7 @@ class PerplexityEval:
     general_chars: int = key(min=0)
     window: int = key(min=2)
     stride: int = key(min=1)
+    start_every_window: bool               # BOS before every window, not only the first, for models with one
 
 
 @dataclass

@@ -122,17 +122,25 @@ def encode(tokenizer, text: str) -> list[int]:
 
 def pack(docs: list[Document], tokenizer, seq_len: int) -> torch.Tensor:
     """Concatenate ``start + document + separator`` for every document and cut into ``[n, seq_len]`` chunks
-    (the ragged tail is dropped), the standard causal-LM packing."""
-    start, sep = start_ids(tokenizer), separator_id(tokenizer)
+    (the ragged tail is dropped), the standard causal-LM packing. A model with a BOS of its own (Gemma) gets it
+    at the head of every chunk that does not start a document already: it never saw a sequence without one, and
+    chunks cut mid-text would otherwise teach it (and measure it on) a layout it was not made for."""
+    start, sep, bos = start_ids(tokenizer), separator_id(tokenizer), bos_ids(tokenizer)
     stream: list[int] = []
     for d in docs:
         ids = encode(tokenizer, d.text)
         stream += (start if start != [sep] or not stream else []) + ids + [sep]
-    n = len(stream) // seq_len
-    if n == 0:
+    chunks, i = [], 0
+    while True:
+        head = bos if bos and stream[i:i + len(bos)] != bos else []
+        if i + seq_len - len(head) > len(stream):
+            break
+        chunks.append(head + stream[i:i + seq_len - len(head)])
+        i += seq_len - len(head)
+    if not chunks:
         raise LmlabError(f"{len(docs)} documents hold {len(stream)} tokens, fewer than one chunk of {seq_len}: "
                          "use more data or a shorter data.seq_len")
-    return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    return torch.tensor(chunks, dtype=torch.long)
 
 
 def limit(docs: list[Document], max_docs: int = 0, seed: int = 0) -> list[Document]:

@@ -50,7 +50,8 @@ def evaluate_model(name: str, cfg: FtEvalConfig) -> results.ModelEvaluation:
         texts[GENERAL_NAMES.get(spec, spec)] = [head(text, p.general_chars)]
     scores = {}
     for corpus, docs in texts.items():
-        scores[corpus] = perplexity.score_texts(model, tokenizer, docs, p.window, p.stride).as_dict()
+        scores[corpus] = perplexity.score_texts(model, tokenizer, docs, p.window, p.stride,
+                                                   p.start_every_window).as_dict()
         log.info("  %s: token ppl %.3f, word ppl %.3f, byte ppl %.4f", corpus, scores[corpus]["token_ppl"],
                  scores[corpus]["word_ppl"], scores[corpus]["byte_ppl"])
     qa = _pubmedqa(model, tokenizer, q, q.variants, q.shots)
