@@ -36,6 +36,7 @@ def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, domai
     best = min(("rnn", "gru", "lstm", "transformer"),
                key=lambda m: json.loads((out / "ptb" / m / "final.json").read_text())["test_ppl"])
     assert f"**{best}** is best" in report
+    assert "plain sliding windows" not in report  # evaluations made now carry perplexity.start_every_window
     # fine-tuning and DPO numbers, as their JSON files hold them
     before, after = (json.loads((model_dir / "full" / f).read_text()) for f in ("before.json", "after.json"))
     assert f"| domain token ppl | {before['domain_ppl']:.3f} | {after['domain_ppl']:.3f} |" in report
@@ -209,3 +210,7 @@ def test_the_finetune_tables_keep_every_model_evaluated_so_far(tmp_path):
         ("a", "pretrained", 0.25), ("b", "pretrained", 0.5), ("b", "domain LoRA", 0.75),
         ("b", "task from lora (lora)", 1.0)]
     assert (layout.finetune / "comparison.md").read_text().startswith("| metric | a before | b before | b after LoRA |")
+    from lmlab.report.pretrained import analysis_lines
+
+    plain = [line for line in analysis_lines(finetune_results(layout, config), {}) if "plain sliding windows" in line]
+    assert plain and "`a` before, `b` before, `b` after LoRA." in plain[0]  # settings without start_every_window

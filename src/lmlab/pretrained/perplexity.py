@@ -4,7 +4,7 @@ The text is scored with a sliding window (``window`` tokens of context, advanced
 scored once, with at least ``window - stride`` tokens before it except at the start). The text starts with the
 model's start-of-document token, so its first word is scored too. A model whose tokenizer puts BOS before every
 text (Gemma) also gets BOS before every later window: it was trained never to see a sequence without it, and
-Gemma-3-270m scored windows that start mid-text at 17-34% higher perplexity than the same tokens after BOS
+Gemma-3-270m scored windows that start mid-text at 21-34% higher perplexity than the same tokens after BOS
 (docs/finetune.md). Models without a BOS of their own (GPT-2, SmolLM2) see the plain windows of the Hugging
 Face guide. Token-level perplexity divides the total NLL
 by the number of scored tokens; word-level by the whitespace-separated words of the original text; byte-level
