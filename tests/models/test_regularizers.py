@@ -50,9 +50,24 @@ def test_weight_drop_is_the_twin_with_one_masked_recurrent_weight_per_window(arc
                                twin(x, twin.initial_state(3, twin.encoder.weight))[0], rtol=1e-10, atol=1e-10)
 
 
-def test_weight_drop_on_a_torch_nn_layer_is_refused_in_one_line():
-    with pytest.raises(ValueError, match='weight_drop needs model.impl = "scratch"'):
-        model("lstm", impl="nn", weight_drop=0.2)
+@pytest.mark.parametrize("arch", ["rnn", "gru", "lstm"])
+def test_weight_drop_on_the_torch_nn_twins_matches_the_scratch_layers(arch):
+    """The nn layers run their fused kernel with the masked W_hh (functional_call): same draws, same logits,
+    same gradients as the scratch layers, and the parameter itself is left unmasked."""
+    scratch, twin = model(arch, weight_drop=0.4).train(), model(arch, impl="nn", weight_drop=0.4).train()
+    twin.load_state_dict(scratch.state_dict())
+    x = tokens()
+    outputs = []
+    for m in (scratch, twin):
+        torch.manual_seed(7)
+        logits, _ = m(x, m.initial_state(3, m.encoder.weight))
+        logits.square().sum().backward()
+        outputs.append(logits)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-10, atol=1e-10)
+    grads = {n: p.grad for n, p in scratch.named_parameters()}
+    for name, p in twin.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name], rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(twin.state_dict(), scratch.state_dict(), rtol=0, atol=0)
 
 
 def test_activation_and_temporal_regularisation_follow_their_formulas_and_reach_only_the_gradient():

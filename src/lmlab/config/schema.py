@@ -59,7 +59,7 @@ class RecurrentModel:
     dropout_out: float = probability()
     tie_weights: bool
     init_range: float = key(min=0.0)
-    weight_drop: float = probability()     # DropConnect on hidden-to-hidden weights (scratch layers)
+    weight_drop: float = probability()     # DropConnect on hidden-to-hidden weights (both impls)
     activation_reg: float = key(min=0.0)   # AR: alpha * mean(h^2) of the last layer's output
     temporal_reg: float = key(min=0.0)     # TAR: beta * mean((h_t - h_{t-1})^2)
 

@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 
-class TorchElmanLayer(nn.RNN):
+class _DropConnect:
+    """AWD-LSTM's DropConnect on W_hh for the ``torch.nn`` layers, as its WeightDrop wraps ``nn.LSTM``: while
+    training, the fused kernel runs with a masked copy of W_hh passed in place of the parameter
+    (``functional_call``), one mask per call as in the scratch layers, so the twins stay identical with it on."""
+
+    weight_drop = 0.0  # set by RecurrentLM
+    _masking = False   # inside functional_call, which calls this forward again
+
+    def forward(self, x, state):
+        if not self.training or not self.weight_drop or self._masking:
+            return super().forward(x, state)
+        masked = F.dropout(self.weight_hh_l0, self.weight_drop, True)
+        self._masking = True
+        try:
+            return functional_call(self, {"weight_hh_l0": masked}, (x, state))
+        finally:
+            self._masking = False
+
+
+class TorchElmanLayer(_DropConnect, nn.RNN):
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__(input_size, hidden_size, num_layers=1, nonlinearity="tanh")
 
@@ -14,7 +35,7 @@ class TorchElmanLayer(nn.RNN):
         return like.new_zeros(1, batch_size, self.hidden_size)
 
 
-class TorchLSTMLayer(nn.LSTM):
+class TorchLSTMLayer(_DropConnect, nn.LSTM):
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__(input_size, hidden_size, num_layers=1)
 
@@ -23,7 +44,7 @@ class TorchLSTMLayer(nn.LSTM):
         return zeros, zeros.clone()
 
 
-class TorchGRULayer(nn.GRU):
+class TorchGRULayer(_DropConnect, nn.GRU):
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__(input_size, hidden_size, num_layers=1)
 

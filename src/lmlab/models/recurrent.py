@@ -7,7 +7,7 @@ Layers are stacked one module per layer (not ``nn.LSTM(num_layers=L)``) so that 
 use one mask across time, which ``nn.LSTM``'s built-in inter-layer dropout cannot.
 
 AWD-LSTM's regularisers (Merity et al. 2018) are options: ``weight_drop`` (DropConnect on the hidden-to-hidden
-weights, scratch layers only: ``torch.nn``'s fused kernels take no masked weight), and activation (AR) and
+weights, one mask per call, in both implementations), and activation (AR) and
 temporal activation regularisation (TAR), which a training forward leaves in ``regularization`` for the loop
 to add to the loss.
 """
@@ -56,9 +56,6 @@ class RecurrentLM(nn.Module):
             raise ValueError(f"unknown recurrent cell/impl {cell}/{impl}")
         if tie_weights and hidden_size != emb_size:
             raise ValueError(f"tie_weights needs hidden_size == emb_size (got {hidden_size} and {emb_size})")
-        if weight_drop and impl != "scratch":
-            raise ValueError("model.weight_drop needs model.impl = \"scratch\" (torch.nn's fused recurrent kernels "
-                             "cannot take a masked weight): set one or the other")
         layer = LAYERS[(cell, impl)]
         self.encoder = nn.Embedding(vocab_size, emb_size)
         self.layers = nn.ModuleList(
