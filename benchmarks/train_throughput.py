@@ -9,8 +9,8 @@ is fair to whatever machine runs it. Model FLOPs count matmuls only, forward + b
   matrix, which is what is computed), + 2·d·V for the output layer.
 
 Each step is a full optimiser step (forward, cross-entropy, backward, clipping, SGD/AdamW update) on the
-preset's batch shape, without DropConnect (``torch.nn``'s kernels cannot apply it, so the twins compare
-the same computation). ``--compile`` adds a row per model with the scratch model under ``torch.compile`` (its CPU
+preset's batch shape, without DropConnect (the plain recurrence, the same computation in both twins; with
+DropConnect 0.2 the LSTM preset's step measured 142 ms scratch against 118 ms nn, docs/results/README.md). ``--compile`` adds a row per model with the scratch model under ``torch.compile`` (its CPU
 backend generates fused C++/OpenMP kernels for the element-wise chains). ``--profile`` prints, per model, where
 a scratch step's time goes (torch.profiler self time, bucketed): matmuls (the FLOPs MFU counts), softmax and
 cross-entropy over the vocabulary, the other element-wise and memory ops, the optimiser and clipping, and the
