@@ -33,7 +33,7 @@ from lmlab.results import StudyLayout
 from lmlab.training import rundir
 
 
-def build_markdown(layout: StudyLayout, config: StudyConfig, preset: str) -> str:
+def build_markdown(layout: StudyLayout, config: StudyConfig, preset: str, finetunes: dict) -> str:
     study = layout.root
     finals = {m: results.read(layout.ptb_run(m) / rundir.FINAL, results.TrainFinal) for m in config.train.models
               if (layout.ptb_run(m) / rundir.FINAL).is_file()}
@@ -70,7 +70,7 @@ def build_markdown(layout: StudyLayout, config: StudyConfig, preset: str) -> str
         first_prompt = samples["samples"][0]["prompt"]
         parts += ["## Samples", "", summary_table(samples["summary"]).strip(), "",
                   side_by_side([s for s in samples["samples"] if s["prompt"] == first_prompt]).strip(), ""]
-    finetunes, dpo_runs = finetune_results(layout, config), dpo_results(layout, config)
+    dpo_runs = dpo_results(layout, config)
     rl_run = rl_result(layout)
     parts += finetune_section(layout, finetunes) + dpo_section(layout, dpo_runs) + rl_section(layout, rl_run)
     parts += ["## Analysis (generated from the numbers above)", "",
@@ -129,9 +129,10 @@ def analysis(layout: StudyLayout, finals: dict, samples: dict | None, finetunes:
 
 
 def write_report(layout: StudyLayout, config: StudyConfig, preset: str) -> tuple[Path, Path]:
-    md = build_markdown(layout, config, preset)
+    finetunes = finetune_results(layout, config)  # read once: the report and the tables beside it
+    md = build_markdown(layout, config, preset, finetunes)
     layout.report_md.write_text(md + "\n", encoding="utf-8")
-    write_finetune_summaries(layout, finetune_results(layout, config))
+    write_finetune_summaries(layout, finetunes)
     body = markdown.markdown(md, extensions=["tables", "fenced_code"])
     layout.report_html.write_text(_HTML.format(body=_embed_images(body, layout.root)), encoding="utf-8")
     return layout.report_md, layout.report_html
