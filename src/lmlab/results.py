@@ -65,6 +65,7 @@ class TrainFinal:
     evaluation: str                  # how each split was scored (the family's note)
     unit: str
     config: dict[str, Any]
+    best_weights: str | None = None  # with optim.average_from: "raw" or "averaged", whichever validated lower
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -148,3 +148,61 @@ def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tiny_corpu
     w2 = torch.load(tmp_path / "two" / "best.pt")["model"]
     for name in w1:
         torch.testing.assert_close(w1[name], w2[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_weight_average_is_the_mean_of_the_weights_after_each_step_from_its_start():
+    from lmlab.training.averaging import WeightAverage
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    average, seen = WeightAverage(start_step=3), []
+    for step in range(1, 7):
+        optimizer.zero_grad()
+        net(torch.randn(4, 3)).pow(2).sum().backward()
+        optimizer.step()
+        average.update(net, step)
+        if step >= 3:
+            seen.append(net.weight.detach().clone())
+        assert average.active == (step >= 3)
+    assert average.count == 4
+    torch.testing.assert_close(average.module.weight, torch.stack(seen).mean(0), rtol=1e-6, atol=1e-7)
+    restored = WeightAverage(start_step=3)
+    restored.load_state_dict(average.state_dict(), net)
+    torch.testing.assert_close(restored.module.weight, average.module.weight)
+    assert restored.count == 4
+
+
+def test_an_averaged_run_validates_both_weights_keeps_the_better_and_resumes_exactly(tiny_corpus, tmp_path,
+                                                                                    monkeypatch):
+    from lmlab.recipes import train as train_recipe
+
+    args = ["train", "--model", "lstm", "--preset", "smoke",
+            *tiny(tiny_corpus, "--set", "train.epochs=3", "--set", "optim.average_from=0.2")]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main([*args, "--out", str(straight)]) == 0
+    metrics = rows(straight)
+    # the mean starts within epoch 1 (at 20% of 3 epochs' steps): every validation scores both weights
+    for r in metrics:
+        assert r["valid_ppl"] == pytest.approx(min(r["valid_ppl_raw"], r["valid_ppl_averaged"]), rel=1e-12)
+        assert r["weights"] == ("averaged" if r["valid_ppl_averaged"] < r["valid_ppl_raw"] else "raw")
+    assert [r["averaged_steps"] for r in metrics] == sorted({r["averaged_steps"] for r in metrics})
+    best = min(metrics, key=lambda r: r["valid_ppl"])
+    final = json.loads((straight / "final.json").read_text())
+    assert final["best_weights"] == best["weights"]
+    assert final["valid_ppl"] == pytest.approx(best["valid_ppl"], rel=1e-6)  # best.pt holds the chosen weights
+
+    real_epoch = train_recipe._train_epoch
+
+    def interrupted_in_epoch_two(run, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(run, epoch)
+
+    monkeypatch.setattr(train_recipe, "_train_epoch", interrupted_in_epoch_two)
+    assert main([*args, "--out", str(resumed)]) == 130
+    monkeypatch.undo()
+    assert main([*args, "--out", str(resumed), "--resume"]) == 0
+    for x, y in zip(metrics, rows(resumed), strict=True):  # the mean of epoch 1 came back from last.pt
+        for key in ("train_loss", "valid_ppl_raw", "valid_ppl_averaged"):
+            assert x[key] == pytest.approx(y[key], rel=1e-6)

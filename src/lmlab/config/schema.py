@@ -93,6 +93,7 @@ class WordOptim:
     min_lr_ratio: float = key(min=0.0, max=1.0)
     anneal_factor: float = key(min=1.0)    # schedule = "plateau": lr divided by this after a worse epoch
     clip: float = key(min=0.0)             # gradient-norm clipping (0 = off)
+    average_from: float = key(min=0.0, max=1.0)  # > 0: also keep the weights' mean from this share of the steps
 
 
 @dataclass

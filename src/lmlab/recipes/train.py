@@ -4,7 +4,9 @@ The steps, top to bottom: config -> runtime -> data -> model (its family) -> opt
 (train, validate, checkpoint, anneal/stop) -> test with the best weights -> final.json and curves.png.
 
 Run directory (lmlab.training.rundir): config.json, vocab.txt, metrics.jsonl (one line per epoch), last.pt
-(resume), best.pt (lowest validation loss), final.json (lmlab.results.TrainFinal), curves.png.
+(resume), best.pt (lowest validation loss), final.json (lmlab.results.TrainFinal), curves.png. With
+``optim.average_from`` the run also keeps the mean of its weights over the end of training
+(lmlab.training.averaging), validates it beside the raw weights and keeps the better of the two.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from lmlab.metrics.perplexity import perplexity
 from lmlab.models import parameter_counts
 from lmlab.report.plots import plot_curves
 from lmlab.training import budget, checkpoint, lifecycle, rundir, runtime, schedule
+from lmlab.training.averaging import WeightAverage
 from lmlab.training.logger import MetricsLogger
 from lmlab.training.progress import Best, diverged
 from lmlab.training.step import optimizer_step
@@ -85,10 +88,12 @@ class _Run:
     steps_per_epoch: int
     metrics: MetricsLogger
     best: Best
+    average: WeightAverage
     progress: dict = field(default_factory=lambda: {"epoch": 0, "step": 0, "first_loss": None, "elapsed": 0.0})
 
-    def nll(self, split: str) -> tuple[float, int]:
-        values = self.family.token_nlls(self.net, *self.streams[split], **self.family.score_settings(self.cfg.data))
+    def nll(self, split: str, net: torch.nn.Module | None = None) -> tuple[float, int]:
+        values = self.family.token_nlls(net or self.net, *self.streams[split],
+                                        **self.family.score_settings(self.cfg.data))
         return float(values.sum()), values.numel()
 
 
@@ -150,11 +155,11 @@ def _setup(cfg: TrainConfig, out: Path, family, rt) -> _Run:
         t.epochs = math.ceil(t.steps / steps_per_epoch)
     if rt.is_main:
         rundir.write_json(out / rundir.CONFIG, to_dict(cfg))  # with the plan: --set train.steps=N replays it
-    o = cfg.optim
-    sched = schedule.scheduler(optimizer, o.schedule, t.steps or t.epochs * steps_per_epoch, o.warmup_steps,
-                               o.min_lr_ratio, o.anneal_factor)
+    o, total_steps = cfg.optim, t.steps or t.epochs * steps_per_epoch
+    sched = schedule.scheduler(optimizer, o.schedule, total_steps, o.warmup_steps, o.min_lr_ratio, o.anneal_factor)
+    average = WeightAverage(max(1, math.ceil(o.average_from * total_steps)) if o.average_from else math.inf)
     run = _Run(cfg, out, family, rt, corpus, streams, net, train_model, optimizer, sched, steps_per_epoch,
-               MetricsLogger(out, cfg.log.tensorboard, rt.is_main), Best(cfg.train.patience))
+               MetricsLogger(out, cfg.log.tensorboard, rt.is_main), Best(cfg.train.patience), average)
     run.progress["elapsed"] = spent  # the budget's measurement counts against it
     return run
 
@@ -163,6 +168,7 @@ def _restore(run: _Run) -> None:
     weights, run.progress = checkpoint.load(run.out / rundir.LAST, run.optimizer, run.sched)
     run.net.load_state_dict(weights)
     run.best.load_state_dict(run.progress.pop("best"))
+    run.average.load_state_dict(run.progress.pop("average", None), run.net)
     lifecycle.refuse_if_done(run.out, run.progress["epoch"], run.cfg.train.epochs, "epochs", "train.epochs")
     run.metrics.keep(lambda r: r["epoch"] <= run.progress["epoch"])  # an epoch logged after the checkpoint reruns
     log.info("resuming %s after epoch %d (best validation loss %.4f)", run.out, run.progress["epoch"], run.best.loss)
@@ -177,11 +183,14 @@ def _epochs(run: _Run) -> tuple[str, str | None]:
             loss_sum, tokens, train_seconds, lr = _train_epoch(run, epoch)
         except Diverged as e:
             return "diverged", f"epoch {epoch}: {e}"
-        valid_nll, valid_count = run.nll("valid")
+        valid_nll, valid_count, weights = _validate(run)
         row = {"epoch": epoch, "step": progress["step"], "train_loss": loss_sum / tokens,
                "train_ppl": perplexity(loss_sum, tokens), "valid_loss": valid_nll / valid_count,
-               "valid_ppl": perplexity(valid_nll, valid_count), "lr": lr, "tokens_per_s": tokens / train_seconds,
-               "seconds": time.perf_counter() - started}
+               "valid_ppl": perplexity(valid_nll, valid_count), "lr": lr, "tokens_per_s": tokens / train_seconds}
+        if run.average.active:
+            row |= {"weights": weights.name, "averaged_steps": run.average.count}
+            row |= {f"valid_ppl_{kind}": perplexity(nll, valid_count) for kind, nll in weights.nlls.items()}
+        row["seconds"] = time.perf_counter() - started
         progress["elapsed"] = progress.get("elapsed", 0.0) + row["seconds"]
         row["elapsed_minutes"] = progress["elapsed"] / 60  # training + validation so far, across resumes
         if not math.isfinite(row["valid_ppl"]):
@@ -192,13 +201,16 @@ def _epochs(run: _Run) -> tuple[str, str | None]:
         progress["epoch"] = epoch
         if rt.is_main:  # checkpoints first: a metrics row always has a checkpoint behind it
             if improved:
-                rundir.save_checkpoint(run.out / rundir.BEST, {"model": run.net.state_dict(), "epoch": epoch,
-                                                               "valid_loss": row["valid_loss"]})
+                rundir.save_checkpoint(run.out / rundir.BEST, {"model": weights.module.state_dict(), "epoch": epoch,
+                                                               "valid_loss": row["valid_loss"],
+                                                               "weights": weights.name})
             checkpoint.save(run.out / rundir.LAST, run.net.state_dict(), run.optimizer, run.sched,
-                            dict(progress, best=run.best.state_dict()))
+                            dict(progress, best=run.best.state_dict(), average=run.average.state_dict()))
             run.metrics.log(row, epoch, prefix="epoch/")
-            log.info("epoch %3d | train ppl %8.2f | valid ppl %8.2f%s | lr %.3g | %s tok/s | %.0f s", epoch,
-                     row["train_ppl"], row["valid_ppl"], " *" if improved else "  ", lr,
+            log.info("epoch %3d | train ppl %8.2f | valid ppl %8.2f%s%s | lr %.3g | %s tok/s | %.0f s", epoch,
+                     row["train_ppl"], row["valid_ppl"], " *" if improved else "  ",
+                     f" (kept {weights.name}: averaged {row['valid_ppl_averaged']:.2f}, raw {row['valid_ppl_raw']:.2f})"
+                     if run.average.active else "", lr,
                      f"{row['tokens_per_s']:,.0f}", row["seconds"])
         if run.best.should_stop:
             log.info("early stopping: no validation improvement for %d epochs", cfg.train.patience)
@@ -226,6 +238,7 @@ def _train_epoch(run: _Run, epoch: int):
         loss = optimizer_step(batches, run.train_model, net, x, y, optimizer, cfg.optim.clip, autocast)
         sched.step()
         progress["step"] += 1
+        run.average.update(net, progress["step"])
         loss_sum += loss.double() * y.numel()
         tokens += y.numel()
         if step % 20 == 0:  # reading the loss synchronises a GPU: do it now and then, not every step
@@ -242,6 +255,27 @@ def _train_epoch(run: _Run, epoch: int):
     if diverged(total_loss / max(total_tokens, 1), progress["first_loss"]):
         raise Diverged(f"epoch loss {total_loss / max(total_tokens, 1):.4g}")
     return total_loss, int(total_tokens), seconds, lr
+
+
+@dataclass
+class _Validated:
+    """Which weights a validation chose (raw, or averaged when that scored lower) and each one's summed NLL."""
+
+    name: str
+    module: torch.nn.Module
+    nlls: dict[str, float]
+
+
+def _validate(run: _Run) -> tuple[float, int, _Validated]:
+    """Validation NLL of the raw weights, and of their running mean once averaging has started: the lower one
+    is the epoch's validation loss, the one a best checkpoint keeps."""
+    raw_nll, count = run.nll("valid")
+    if not run.average.active:
+        return raw_nll, count, _Validated("raw", run.net, {"raw": raw_nll})
+    averaged_nll, _ = run.nll("valid", run.average.module)
+    nlls = {"raw": raw_nll, "averaged": averaged_nll}
+    name = "averaged" if averaged_nll < raw_nll else "raw"
+    return nlls[name], count, _Validated(name, run.average.module if name == "averaged" else run.net, nlls)
 
 
 def _cap(ids: torch.Tensor, data, split: str) -> torch.Tensor:
@@ -275,6 +309,7 @@ def _finish(run: _Run, counts: dict, status: str) -> results.TrainFinal:
         oov_words=corpus.oov_counts, vocab_size=len(corpus.vocab), parameters=counts,
         train_valid_seconds=sum(r["seconds"] for r in rows),
         evaluation=run.family.evaluation_note(cfg.data, cfg.model),
+        best_weights=best.get("weights", "raw") if cfg.optim.average_from else None,
         unit="word (whitespace token; one <eos> per line; out-of-vocabulary words scored as <unk>)",
         config=to_dict(cfg))
     results.write(out / rundir.FINAL, final)

@@ -17,6 +17,10 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     ax.plot(epochs, [r["train_ppl"] for r in rows], "o-", label="train")
     ax.plot(epochs, [r["valid_ppl"] for r in rows], "s-", label="validation")
+    averaged = [r for r in rows if "valid_ppl_raw" in r]
+    if averaged:  # weight averaging: the validation line is the better of the two; show the raw weights too
+        ax.plot([r["epoch"] for r in averaged], [r["valid_ppl_raw"] for r in averaged], "x--",
+                label="validation, raw weights")
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("perplexity (per word, log scale)")

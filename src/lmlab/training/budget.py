@@ -40,7 +40,9 @@ def plan_steps(minutes: float, family, net, cfg, streams: dict, rt: runtime.Runt
         probe = copy.deepcopy(net)
         optimizer = make_optimizer(probe)
         step_seconds = _step_seconds(family, probe, optimizer, cfg, streams, rt, min(PROBE_SECONDS, minutes * 3))
-        valid_seconds = _valid_seconds(family, net, cfg, streams) + _checkpoint_seconds(probe, optimizer)
+        # With weight averaging from fraction f of the run, the last (1 - f) of the epochs validate twice.
+        validations = 2 - cfg.optim.average_from if cfg.optim.average_from else 1
+        valid_seconds = validations * _valid_seconds(family, net, cfg, streams) + _checkpoint_seconds(probe, optimizer)
     step_seconds, valid_seconds = (v / rt.world_size for v in runtime.all_reduce_sum(rt, [step_seconds, valid_seconds]))
     left = minutes * 60 - (time.perf_counter() - started)
     steps = steps_that_fit(left, step_seconds, valid_seconds, steps_per_epoch)
