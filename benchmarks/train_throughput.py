@@ -9,14 +9,16 @@ is fair to whatever machine runs it. Model FLOPs count matmuls only, forward + b
   matrix, which is what is computed), + 2·d·V for the output layer.
 
 Each step is a full optimiser step (forward, cross-entropy, backward, clipping, SGD/AdamW update) on the
-preset's batch shape, without DropConnect (the plain recurrence, the same computation in both twins; with
-DropConnect 0.2 the LSTM preset's step measured 142 ms scratch against 118 ms nn, docs/results/README.md). ``--compile`` adds a row per model with the scratch model under ``torch.compile`` (its CPU
+preset's batch shape, without DropConnect unless ``--weight-drop`` keeps each preset's (the LSTM's 0.2): both
+twins then draw one mask of the hidden-to-hidden weights per step, the same function (tested), so the rows
+show what DropConnect costs each. ``--compile`` adds a row per model with the scratch model under ``torch.compile`` (its CPU
 backend generates fused C++/OpenMP kernels for the element-wise chains). ``--profile`` prints, per model, where
 a scratch step's time goes (torch.profiler self time, bucketed): matmuls (the FLOPs MFU counts), softmax and
 cross-entropy over the vocabulary, the other element-wise and memory ops, the optimiser and clipping, and the
 Python time between operators (the step's wall time less its operators' time).
 
-    python benchmarks/train_throughput.py [--preset cpu] [--threads 2] [--steps 20] [--compile] [--profile]
+    python benchmarks/train_throughput.py [--preset cpu] [--threads 2] [--steps 20] [--weight-drop] [--compile]
+                                          [--profile]
 """
 
 from __future__ import annotations
@@ -147,13 +149,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--compile", action="store_true", help="also time each scratch model under torch.compile")
     parser.add_argument("--profile", action="store_true", help="print where a scratch step's time goes")
+    parser.add_argument("--weight-drop", action="store_true",
+                        help="keep each preset's DropConnect (model.weight_drop) instead of timing the plain recurrence")
     parser.add_argument("--models", nargs="+", default=["rnn", "gru", "lstm", "transformer"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     peak = gemm_peak()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 GEMM peak (2048³): {peak / 1e9:.1f} GFLOP/s")
-    print(f"preset {args.preset}; one training step = forward + backward + clip + optimiser update\n")
+    print(f"preset {args.preset}; one training step = forward + backward + clip + optimiser update; "
+          f"{'DropConnect as each preset sets it' if args.weight_drop else 'no DropConnect'}\n")
     print(f"{'model':<12} {'impl':<8} {'params':>10} {'GFLOP/token':>12} {'tokens/s':>10} {'GFLOP/s':>8} {'MFU':>6}  scratch/nn time")
     profiles = {}
     for model in args.models:
@@ -161,7 +166,7 @@ def main() -> None:
         for impl in ("nn", "scratch", "compiled") if args.compile else ("nn", "scratch"):
             cfg = to_dict(load_train(model, args.preset))
             cfg["model"]["impl"] = "nn" if impl == "nn" else "scratch"
-            if "weight_drop" in cfg["model"]:  # the twins compute the same function only without DropConnect
+            if "weight_drop" in cfg["model"] and not args.weight_drop:
                 cfg["model"]["weight_drop"] = 0.0
             params = parameter_counts(build_model(cfg["model"], VOCAB))["total"]
             tok_s = step_throughput(cfg, args.steps, compiled=impl == "compiled")
