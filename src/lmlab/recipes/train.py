@@ -188,7 +188,7 @@ def _epochs(run: _Run) -> tuple[str, str | None]:
                "train_ppl": perplexity(loss_sum, tokens), "valid_loss": valid_nll / valid_count,
                "valid_ppl": perplexity(valid_nll, valid_count), "lr": lr, "tokens_per_s": tokens / train_seconds}
         if run.average.active:
-            row |= {"weights": weights.name, "averaged_steps": run.average.count}
+            row |= {"weights": weights.name, "averaged_samples": run.average.count}
             row |= {f"valid_ppl_{kind}": perplexity(nll, valid_count) for kind, nll in weights.nlls.items()}
         row["seconds"] = time.perf_counter() - started
         progress["elapsed"] = progress.get("elapsed", 0.0) + row["seconds"]

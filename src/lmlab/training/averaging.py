@@ -1,50 +1,56 @@
-"""Weight averaging over the end of a run: the uniform mean of the weights after every optimiser step from a
-chosen step on (Polyak–Ruppert averaging; AWD-LSTM's averaged SGD, Merity et al. 2018; stochastic weight
-averaging, Izmailov et al. 2018).
+"""Weight averaging over the end of a run: the uniform mean of the weights from a chosen step on (Polyak–Ruppert
+averaging; AWD-LSTM's averaged SGD, Merity et al. 2018; stochastic weight averaging, Izmailov et al. 2018).
 
 Averaging never changes the trajectory: training keeps stepping the raw weights, and the mean is a second
 copy beside them. So each validation scores both, and a run's best checkpoint is whichever of the two was
 lower on validation; ``metrics.jsonl`` keeps both perplexities, which makes every averaged run its own ablation
 of averaging at no training cost.
+
+The mean takes the weights of every ``every``-th step (10 by default): one fused lerp over all parameters costs
+about 3 ms on a 2-core CPU for the 3.6M-parameter presets, 2-3% of a step if it ran after each one, while the
+mean of a sample every 10 steps over thousands of steps is the same average for all purposes. (SWA samples once
+per epoch.) ``torch.optim.swa_utils.AveragedModel`` was 6x slower here: on CPU it updates tensor by tensor
+through temporaries.
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
-from torch.optim.swa_utils import AveragedModel
 
 
 class WeightAverage:
-    """The running mean of ``net``'s parameters over the steps from ``start_step`` (1-based) on."""
+    """The running mean of ``net``'s parameters after the steps ``start_step``, ``start_step + every``, ..."""
 
-    def __init__(self, start_step: int):
-        self.start_step = start_step
-        self.averaged: AveragedModel | None = None  # made at the first averaged step: no copy before it is needed
+    def __init__(self, start_step: int | float, every: int = 10):
+        self.start_step, self.every = start_step, every
+        self.module: torch.nn.Module | None = None  # made at the first averaged step: no copy before it is needed
+        self.count = 0
 
     @property
     def active(self) -> bool:
-        return self.averaged is not None
-
-    @property
-    def module(self) -> torch.nn.Module:
-        return self.averaged.module
-
-    @property
-    def count(self) -> int:
-        return int(self.averaged.n_averaged) if self.active else 0
+        return self.module is not None
 
     def update(self, net: torch.nn.Module, step: int) -> None:
-        """Call after optimiser step ``step``; the first call at or after ``start_step`` starts the mean."""
-        if step < self.start_step:
+        """Call after optimiser step ``step`` (1-based)."""
+        if step < self.start_step or (step - self.start_step) % self.every:
             return
-        if self.averaged is None:
-            self.averaged = AveragedModel(net)
-        self.averaged.update_parameters(net)
+        if self.module is None:
+            self.module = copy.deepcopy(net)
+        self.count += 1
+        with torch.no_grad():  # mean_n = mean_{n-1} + (w - mean_{n-1}) / n
+            torch._foreach_lerp_(_tensors(self.module), _tensors(net), 1.0 / self.count)
 
     def state_dict(self) -> dict | None:
-        return self.averaged.state_dict() if self.active else None
+        return {"weights": self.module.state_dict(), "count": self.count} if self.active else None
 
     def load_state_dict(self, state: dict | None, net: torch.nn.Module) -> None:
         if state is not None:
-            self.averaged = AveragedModel(net)
-            self.averaged.load_state_dict(state)
+            self.module = copy.deepcopy(net)
+            self.module.load_state_dict(state["weights"])
+            self.count = state["count"]
+
+
+def _tensors(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach() for p in module.parameters()]
