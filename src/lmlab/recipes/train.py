@@ -92,7 +92,7 @@ class _Run:
     progress: dict = field(default_factory=lambda: {"epoch": 0, "step": 0, "first_loss": None, "elapsed": 0.0})
 
     def nll(self, split: str, net: torch.nn.Module | None = None) -> tuple[float, int]:
-        values = self.family.token_nlls(net or self.net, *self.streams[split],
+        values = self.family.token_nlls(self.net if net is None else net, *self.streams[split],
                                         **self.family.score_settings(self.cfg.data))
         return float(values.sum()), values.numel()
 
