@@ -86,10 +86,10 @@ def _ft_eval(args) -> None:
     evaluated = ft_eval.run(args.models, ft_eval.configure(args.preset, args.overrides), out=args.out, names=args.names,
                             task=args.task)
     if args.task:
-        from lmlab.report.pretrained import qa_summary
+        from lmlab.report.pretrained import qa_rows
         from lmlab.report.tables import pubmedqa_table
 
-        print(pubmedqa_table(qa_summary({}, {(name, "task"): e for name, e in evaluated.items()})["rows"]))
+        print(pubmedqa_table(qa_rows({}, {(name, "task"): e for name, e in evaluated.items()})))
     elif args.json:
         dicts = [results.as_dict(r) for r in evaluated.values()]
         print(json.dumps(dicts if len(dicts) > 1 else dicts[0], indent=2))

@@ -54,8 +54,8 @@ def finetune_results(layout: StudyLayout, config: StudyConfig) -> dict:
         final = results.read_if_present(run_dir / rundir.FINAL, FinetuneFinal)
         if final:
             sizes[run_dir.name] = (final, rundir.read_jsonl(run_dir / rundir.METRICS))
-    qa = qa_summary({(m, "base" if k == "before" else k): e for m, r in models.items() for k, e in r["evals"].items()},
-                    {(m, task_name(k)): t for m, r in models.items() for k, t in r["tasks"].items()})["rows"]
+    qa = qa_rows({(m, k): e for m, r in models.items() for k, e in r["evals"].items()},
+                 {(m, task_name(k)): t for m, r in models.items() for k, t in r["tasks"].items()})
     return {"models": {m: r for m, r in models.items() if r["evals"] or r["finals"]}, "sizes": sizes, "qa": qa,
             "first": f.models[0]}
 
@@ -418,19 +418,19 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def qa_summary(evaluations: dict[tuple[str, str], ModelEvaluation],
-               tasks: dict[tuple[str, str], TaskEvaluation] | None = None) -> dict:
-    """qa.json: one row per model x run (pretrained, after a domain fine-tune, after a task fine-tune from a
+def qa_rows(evaluations: dict[tuple[str, str], ModelEvaluation],
+            tasks: dict[tuple[str, str], TaskEvaluation] | None = None) -> list[dict]:
+    """qa.json's rows: one per model x run (pretrained, after a domain fine-tune, after a task fine-tune from a
     starting point) x PubMedQA setting, with the scores and their 95% intervals, the verdicts given, the majority
     baseline on the same questions and the number of questions."""
     keys = ("questions", "accuracy", "accuracy_ci95", "macro_f1", "macro_f1_ci95", "predicted", "gold",
             "majority_class", "majority_baseline", "confusion")
     rows = []
     for (model, run), e in [*evaluations.items(), *(tasks or {}).items()]:
-        name = "pretrained" if run == "base" else f"domain {MODE_NAMES.get(run, run)}" if run in MODE_NAMES else run
+        name = "pretrained" if run == "before" else f"domain {MODE_NAMES.get(run, run)}" if run in MODE_NAMES else run
         for setting, r in (e.pubmedqa_settings or {}).items():
             if "accuracy_ci95" not in r:  # results measured before the lm-eval protocol and its intervals
                 continue
             rows.append({"model": model, "run": name, "setting": setting, "weights": e.model,
                          **{k: r[k] for k in keys if k in r}})
-    return {"protocol": QA_PROTOCOL, "rows": rows}
+    return rows
