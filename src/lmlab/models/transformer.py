@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.models.dropout import Dropout, dropout
+
 
 class LayerNorm(nn.Module):
     """(x - mean) / sqrt(var + eps) * weight + bias over the last dimension (biased variance, as nn.LayerNorm)."""
@@ -75,14 +77,16 @@ class CausalSelfAttention(nn.Module):
         # Query i sits at position past + i and may attend keys 0 .. past + i.
         future = torch.ones(steps, past + steps, dtype=torch.bool, device=x.device).triu(past + 1)
         p = self.dropout if self.training else 0.0
-        if self.attn_impl == "sdpa":
+        if self.attn_impl == "sdpa" and (p == 0 or x.device.type != "cpu"):
             if past == 0:
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=~future, dropout_p=p)
         else:
+            # Also sdpa's training path on CPU: torch has no fused CPU kernel with attention dropout and runs
+            # these same operations itself, with the slower Bernoulli mask.
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
-            weights = F.dropout(scores.masked_fill(future, float("-inf")).softmax(-1), p)
+            weights = dropout(scores.masked_fill(future, float("-inf")).softmax(-1), p)
             y = weights @ v
         return self.out_proj(y.transpose(1, 2).reshape(batch, steps, d_model))
 
@@ -92,12 +96,12 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = LayerNorm(d_model)
         self.self_attn = CausalSelfAttention(d_model, n_heads, dropout, attn_impl)
-        self.dropout1 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
         self.norm2 = LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, d_ff)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear2 = nn.Linear(d_ff, d_model)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         x = x + self.dropout1(self.self_attn(self.norm1(x), cache))
@@ -128,7 +132,7 @@ class TransformerLM(nn.Module):
         self.context_length = context_length
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Embedding(context_length, d_model)
-        self.drop = nn.Dropout(dropout_emb)
+        self.drop = Dropout(dropout_emb) if impl == "scratch" else nn.Dropout(dropout_emb)
         make = (lambda: Block(d_model, n_heads, d_ff, dropout, attn_impl)) if impl == "scratch" else (
             lambda: TorchBlock(d_model, n_heads, d_ff, dropout)
         )
