@@ -11,14 +11,16 @@ is fair to whatever machine runs it. Model FLOPs count matmuls only, forward + b
 Each step is a full optimiser step (forward, cross-entropy, backward, clipping, SGD/AdamW update) on the
 preset's batch shape, without DropConnect unless ``--weight-drop`` keeps each preset's (the LSTM's 0.2): both
 twins then draw one mask of the hidden-to-hidden weights per step, the same function (tested), so the rows
-show what DropConnect costs each. ``--compile`` adds a row per model with the scratch model under ``torch.compile`` (its CPU
+show what DropConnect costs each. The output layer and the cross-entropy run as the models train them (one fused
+op on CPU, `lmlab.models.linear_cross_entropy`); ``--plain-loss`` times them as ``F.linear`` + ``F.cross_entropy``
+instead, the baseline of that fusion. ``--compile`` adds a row per model with the scratch model under ``torch.compile`` (its CPU
 backend generates fused C++/OpenMP kernels for the element-wise chains). ``--profile`` prints, per model, where
 a scratch step's time goes (torch.profiler self time, bucketed): matmuls (the FLOPs MFU counts), softmax and
 cross-entropy over the vocabulary, the other element-wise and memory ops, the optimiser and clipping, and the
 Python time between operators (the step's wall time less its operators' time).
 
-    python benchmarks/train_throughput.py [--preset cpu] [--threads 2] [--steps 20] [--weight-drop] [--compile]
-                                          [--profile]
+    python benchmarks/train_throughput.py [--preset cpu] [--threads 2] [--steps 20] [--weight-drop] [--plain-loss]
+                                          [--compile] [--profile]
 """
 
 from __future__ import annotations
@@ -62,11 +64,11 @@ def flops_per_token(cfg: dict) -> float:
 
 MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
           "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "aten::linear", "aten::matmul")
-SOFTMAX_CE = ("aten::_log_softmax", "aten::_log_softmax_backward_data", "aten::nll_loss_forward",
+SOFTMAX_CE = ("aten::logsumexp", "aten::exp_", "aten::_log_softmax", "aten::_log_softmax_backward_data", "aten::nll_loss_forward",
               "aten::nll_loss_backward", "aten::_softmax", "aten::_softmax_backward_data")
 
 
-def make_step(cfg: dict, compiled: bool = False):
+def make_step(cfg: dict, compiled: bool = False, plain_loss: bool = False):
     """(one training step as a function, tokens per step) on random tokens of the preset's batch shape."""
     torch.manual_seed(0)
     model = build_model(cfg["model"], VOCAB)
@@ -81,8 +83,11 @@ def make_step(cfg: dict, compiled: bool = False):
     forward = torch.compile(model) if compiled else model
 
     def step():
-        logits = forward(x) if state is None else forward(x, state)[0]
-        loss = F.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
+        if plain_loss:
+            logits = forward(x) if state is None else forward(x, state)[0]
+            loss = F.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
+        else:
+            loss = forward(x, targets=y) if state is None else forward(x, state, targets=y)[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         with torch.profiler.record_function("optimizer"):
@@ -92,8 +97,8 @@ def make_step(cfg: dict, compiled: bool = False):
     return step, x.numel()
 
 
-def step_throughput(cfg: dict, steps: int, compiled: bool = False) -> float:
-    step, tokens = make_step(cfg, compiled)
+def step_throughput(cfg: dict, steps: int, compiled: bool = False, plain_loss: bool = False) -> float:
+    step, tokens = make_step(cfg, compiled, plain_loss)
     for _ in range(3):  # warm-up (and, compiled, the compilation)
         step()
     start = time.perf_counter()
@@ -102,9 +107,9 @@ def step_throughput(cfg: dict, steps: int, compiled: bool = False) -> float:
     return tokens * steps / (time.perf_counter() - start)
 
 
-def profile(cfg: dict, steps: int) -> dict[str, float]:
+def profile(cfg: dict, steps: int, plain_loss: bool = False) -> dict[str, float]:
     """Share of a scratch step's wall time per bucket (see the module docstring)."""
-    step, _ = make_step(cfg)
+    step, _ = make_step(cfg, plain_loss=plain_loss)
     return profile_shares(step, steps, {"matmul": MATMUL, "softmax + cross-entropy": SOFTMAX_CE})
 
 
@@ -151,6 +156,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print where a scratch step's time goes")
     parser.add_argument("--weight-drop", action="store_true",
                         help="keep each preset's DropConnect (model.weight_drop) instead of timing the plain recurrence")
+    parser.add_argument("--plain-loss", action="store_true",
+                        help="time the output layer and cross-entropy as F.linear + F.cross_entropy, not the fused op")
     parser.add_argument("--models", nargs="+", default=["rnn", "gru", "lstm", "transformer"])
     args = parser.parse_args()
     if args.threads:
@@ -158,7 +165,8 @@ def main() -> None:
     peak = gemm_peak()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 GEMM peak (2048³): {peak / 1e9:.1f} GFLOP/s")
     print(f"preset {args.preset}; one training step = forward + backward + clip + optimiser update; "
-          f"{'DropConnect as each preset sets it' if args.weight_drop else 'no DropConnect'}\n")
+          f"{'DropConnect as each preset sets it' if args.weight_drop else 'no DropConnect'}; "
+          f"{'F.linear + F.cross_entropy' if args.plain_loss else 'fused output layer + cross-entropy'}\n")
     print(f"{'model':<12} {'impl':<8} {'params':>10} {'GFLOP/token':>12} {'tokens/s':>10} {'GFLOP/s':>8} {'MFU':>6}  scratch/nn time")
     profiles = {}
     for model in args.models:
@@ -169,14 +177,14 @@ def main() -> None:
             if "weight_drop" in cfg["model"] and not args.weight_drop:
                 cfg["model"]["weight_drop"] = 0.0
             params = parameter_counts(build_model(cfg["model"], VOCAB))["total"]
-            tok_s = step_throughput(cfg, args.steps, compiled=impl == "compiled")
+            tok_s = step_throughput(cfg, args.steps, compiled=impl == "compiled", plain_loss=args.plain_loss)
             flops = flops_per_token(cfg)
             results[impl] = tok_s
             ratio = f"{results['nn'] / tok_s:.2f}x" if impl != "nn" else ""
             print(f"{model:<12} {impl:<8} {params:>10,} {flops / 1e9:>12.4f} {tok_s:>10,.0f} "
                   f"{flops * tok_s / 1e9:>8.1f} {flops * tok_s / peak:>6.1%}  {ratio}", flush=True)
             if args.profile and impl == "scratch":
-                profiles[model] = profile(cfg, max(3, args.steps // 2))
+                profiles[model] = profile(cfg, max(3, args.steps // 2), args.plain_loss)
     if profiles:
         print_profile(profiles, "where a scratch training step's wall time goes (torch.profiler self time; shares of the step)")
 

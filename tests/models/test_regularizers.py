@@ -83,8 +83,8 @@ def test_activation_and_temporal_regularisation_follow_their_formulas_and_reach_
 
     class Batches:  # what a family's training batches offer the step
         @staticmethod
-        def forward(m, inputs):
-            return m(inputs, m.initial_state(3, m.encoder.weight))[0]
+        def loss(m, inputs, targets):
+            return m(inputs, m.initial_state(3, m.encoder.weight), targets=targets)[0]
 
     plain = model("lstm").train()
     regularised = model("lstm", activation_reg=2.0, temporal_reg=1.0).train()

@@ -18,8 +18,8 @@ class Batches(Protocol):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
-    def forward(self, model, x: torch.Tensor) -> torch.Tensor:
-        """Logits for a batch ``x`` (a recurrent family carries its state to the next batch)."""
+    def loss(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean token cross-entropy of a batch (a recurrent family carries its state to the next batch)."""
 
 
 class Family(Protocol):

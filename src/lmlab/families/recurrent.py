@@ -88,10 +88,10 @@ class _Columns:
         for start, length in bptt_windows(self.xs.size(0), self.bptt):
             yield self.xs[start : start + length], self.ys[start : start + length]
 
-    def forward(self, model, x):
-        logits, state = model(x, self.state)
+    def loss(self, model, x, y):
+        loss, state = model(x, self.state, targets=y)
         self.state = _detach(state)
-        return logits
+        return loss
 
 
 def _detach(state):

@@ -20,6 +20,7 @@ from torch import nn
 from lmlab.models import nn_twins
 from lmlab.models.dropout import LockedDropout
 from lmlab.models.gru import GRULayer
+from lmlab.models.linear_cross_entropy import linear_cross_entropy
 from lmlab.models.lstm import LSTMLayer
 from lmlab.models.rnn import ElmanLayer
 
@@ -81,8 +82,9 @@ class RecurrentLM(nn.Module):
     def initial_state(self, batch_size: int, like):
         return [layer.initial_state(batch_size, like) for layer in self.layers]
 
-    def forward(self, tokens, state):
-        """tokens: (T, B) ids; state: one entry per layer. Returns logits (T, B, V) and the new state."""
+    def forward(self, tokens, state, targets=None):
+        """tokens: (T, B) ids; state: one entry per layer. Returns logits (T, B, V) and the new state, or with
+        ``targets`` (T, B) the mean cross-entropy in place of the logits (fused with the decoder on CPU)."""
         x = self.drop_emb(self.encoder(tokens))
         new_state = []
         for k, (layer, layer_state) in enumerate(zip(self.layers, state)):
@@ -91,6 +93,8 @@ class RecurrentLM(nn.Module):
             x = self.drop_layer(raw) if k < len(self.layers) - 1 else self.drop_out(raw)
         if self.training and (self.activation_reg or self.temporal_reg):
             self.regularization = self._activation_penalty(raw, x)
+        if targets is not None:
+            return linear_cross_entropy(x, self.decoder.weight, self.decoder.bias, targets), new_state
         return self.decoder(x), new_state
 
     def _activation_penalty(self, raw, dropped):

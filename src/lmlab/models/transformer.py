@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.models.dropout import Dropout, dropout
+from lmlab.models.linear_cross_entropy import linear_cross_entropy
 
 
 class LayerNorm(nn.Module):
@@ -160,9 +161,11 @@ class TransformerLM(nn.Module):
             raise ValueError("key/value caching needs impl='scratch' (load the same weights into it)")
         return [KVCache() for _ in self.blocks]
 
-    def forward(self, tokens: torch.Tensor, cache: list[KVCache] | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: list[KVCache] | None = None,
+                targets: torch.Tensor | None = None) -> torch.Tensor:
         """tokens: (B, T) ids; with a cache, they continue the positions the cache holds.
-        The total length must stay within context_length. Returns logits (B, T, V)."""
+        The total length must stay within context_length. Returns logits (B, T, V), or with ``targets``
+        (B, T) the mean cross-entropy (fused with the output layer on CPU)."""
         past = cache[0].length if cache else 0
         steps = tokens.size(1)
         if past + steps > self.context_length:
@@ -171,4 +174,6 @@ class TransformerLM(nn.Module):
         x = self.drop(self.tok_emb(tokens) + self.pos_emb(positions))
         for k, block in enumerate(self.blocks):
             x = block(x) if cache is None else block(x, cache[k])
+        if targets is not None:
+            return linear_cross_entropy(self.norm_f(x), self.head.weight, self.head.bias, targets)
         return self.head(self.norm_f(x))

@@ -6,16 +6,15 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
 
 
 def optimizer_step(batches, model, net, x, y, optimizer, clip: float, autocast=None):
-    """Forward (through ``model``, which may wrap ``net`` in DDP or a compiled graph), cross-entropy, backward,
-    gradient clipping, update. Returns the mean token NLL (detached); regularisers a model adds (AR/TAR of
-    recurrent models) enter the gradient but not the returned loss, which stays a pure NLL."""
+    """Forward and cross-entropy (through ``model``, which may wrap ``net`` in DDP or a compiled graph; the
+    output layer and the loss are one fused op on CPU), backward, gradient clipping, update. Returns the mean
+    token NLL (detached); regularisers a model adds (AR/TAR of recurrent models) enter the gradient but not the
+    returned loss, which stays a pure NLL."""
     with autocast or contextlib.nullcontext():
-        logits = batches.forward(model, x)
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+        loss = batches.loss(model, x, y)
     optimizer.zero_grad(set_to_none=True)
     (loss + getattr(net, "regularization", 0.0)).backward()
     if clip > 0:

@@ -1,0 +1,62 @@
+"""The output layer and the cross-entropy in one pass over row chunks, for training on CPU.
+
+``F.cross_entropy(F.linear(h, W, b), y)`` materialises the (tokens x vocabulary) logits, their log-softmax,
+a zero-filled gradient of the same size and the log-softmax backward: four passes over 80 MB for the
+Transformer preset's 2,048 x 10,000 step, from main memory. Here the logits of 128 rows at a time (5 MB, near
+the core's cache) give their loss and, since the loss is the model's last operation, their gradient at once:
+softmax minus the one-hot target, which the two gradient matmuls consume before the next chunk. The backward
+then only scales the stored gradients by the incoming one. Loss and gradients equal the two-op version's to
+fp32 rounding (tested); the output layer plus cross-entropy ran 1.7x faster (median of 8, 2 threads).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lmlab.data.batching import IGNORE
+
+CHUNK = 128  # rows of logits at a time: 5 MB at a 10,000-word vocabulary
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets):
+        valid = targets != IGNORE
+        scale = 1.0 / max(int(valid.sum()), 1)  # the mean over the scored targets, as F.cross_entropy
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight)
+        grad_bias = None if bias is None else torch.zeros_like(bias)
+        total = hidden.new_zeros(())
+        for start in range(0, hidden.size(0), CHUNK):
+            h, t, keep = hidden[start : start + CHUNK], targets[start : start + CHUNK], valid[start : start + CHUNK]
+            logits = h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())
+            log_norm = torch.logsumexp(logits, dim=1)
+            rows, safe = torch.arange(h.size(0)), t.clamp(min=0)
+            total += ((log_norm - logits[rows, safe]) * keep).sum()
+            grad = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place of the logits
+            grad[rows, safe] -= 1
+            grad.mul_((keep * scale)[:, None])
+            torch.mm(grad, weight, out=grad_hidden[start : start + CHUNK])
+            grad_weight.addmm_(grad.t(), h)
+            if grad_bias is not None:
+                grad_bias += grad.sum(0)
+        ctx.save_for_backward(grad_hidden, grad_weight, *(() if grad_bias is None else (grad_bias,)))
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight, *grad_bias = ctx.saved_tensors
+        return (grad_hidden * grad_loss, grad_weight * grad_loss,
+                grad_bias[0] * grad_loss if grad_bias else None, None)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``F.linear(hidden, weight, bias)`` against ``targets`` (IGNORE skipped).
+    hidden: (..., D); targets: (...). Fused on CPU when gradients are wanted; the two plain ops otherwise
+    (CUDA, autocast, evaluation)."""
+    hidden, targets = hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1)
+    if hidden.device.type == "cpu" and torch.is_grad_enabled() and hidden.dtype == weight.dtype == torch.float32:
+        return _LinearCrossEntropy.apply(hidden, weight, bias, targets)
+    return F.cross_entropy(F.linear(hidden, weight, bias).float(), targets, ignore_index=IGNORE)
