@@ -11,6 +11,8 @@ already fast and is used as is.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,9 +23,7 @@ _LEVELS = 1 << 16  # 16-bit uniforms: four per 64-bit random word
 def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str = "cpu") -> tuple[torch.Tensor, float]:
     """A boolean mask that keeps each element with probability 1 - p (p rounded to 1/65,536), and the scale
     1 / (1 - p) that makes the kept values unbiased."""
-    n = 1
-    for size in shape:
-        n *= size
+    n = math.prod(shape)
     # random_(-2**63, None) fills all 64 bits; the default range would leave every word's top bit zero.
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
     dropped = round(p * _LEVELS)
