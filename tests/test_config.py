@@ -79,7 +79,8 @@ def test_values_are_checked_when_the_config_is_loaded(bad, message):
 
 
 def test_runtime_keys_are_marked_once_in_the_schema():
-    assert runtime_keys(TrainConfig) == {("train", k) for k in ("epochs", "budget_minutes", "patience", "device", "threads")}
+    assert runtime_keys(TrainConfig) == {("train", k) for k in ("epochs", "budget_minutes", "replan", "patience",
+                                                                      "device", "threads")}
     assert runtime_keys(FinetuneConfig) == {("train", k) for k in ("steps", "patience", "device", "threads")}
     recorded = to_dict(load_train("lstm", "smoke"))
     assert changed_keys(recorded, load_train("lstm", "smoke", ["train.epochs=9", "train.threads=1"])) == []

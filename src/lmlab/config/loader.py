@@ -142,7 +142,7 @@ def _value(kind, value, path: str, meta) -> Any:
         if not isinstance(value, list):
             raise LmlabError(f"{path}={value!r} is not allowed: expected a list")
         (item,) = typing.get_args(kind)
-        items = [_scalar(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        items = [_value(item, v, f"{path}[{i}]", {}) for i, v in enumerate(value)]
         if "item_choices" in meta:
             for v in items:
                 if v not in meta["item_choices"]:

@@ -101,6 +101,8 @@ class WordTrain:
     epochs: int = key(min=1, runtime=True)
     budget_minutes: float = key(min=0.0, runtime=True)  # > 0: plan the run to fit this wall time (-> steps)
     steps: int = key(min=0)                # > 0: exactly this many optimiser steps (a budget's plan replays)
+    replan: bool = key(runtime=True)       # budget: re-count the steps that fit after every validation
+    plan: list[list[int]]                  # [[0, N0], [step, new total], ...]: a budget's plan and re-plans
     patience: int = key(min=0, runtime=True)
     seed: int
     device: str = device()

@@ -48,16 +48,20 @@ def configure(model: str, preset: str, overrides: list[str] = ()) -> TrainConfig
 
 
 def keep_recorded_plan(cfg: TrainConfig, out: Path) -> None:
-    """A budgeted run's plan, once made, is its step count (config.json): a resume, or a study that compares a
-    rerun with the finished run, keeps those steps instead of probing again."""
-    recorded = Path(out) / rundir.CONFIG
-    if cfg.train.budget_minutes and not cfg.train.steps and recorded.is_file():
-        cfg.train.steps = rundir.read_json(recorded)["train"].get("steps", 0)
+    """A budgeted run's plan, once made, is its step count and its re-plans (config.json): a resume, or a study
+    that compares a rerun with the finished run, keeps them instead of probing again. A plan given on the
+    command line (``train.steps`` or ``train.plan``) is replayed as it is, never re-planned."""
+    t, recorded = cfg.train, Path(out) / rundir.CONFIG
+    if t.steps or t.plan:
+        t.replan = False
+    elif t.budget_minutes and recorded.is_file():
+        made = rundir.read_json(recorded)["train"]
+        t.steps, t.plan, t.replan = made.get("steps", 0), made.get("plan", []), made.get("replan", False)
 
 
 def run(cfg: TrainConfig, out: Path, resume: bool = False) -> results.TrainFinal | None:
     out = Path(out)
-    if resume:
+    if resume or cfg.train.steps or cfg.train.plan:
         keep_recorded_plan(cfg, out)
     family = family_of(cfg.model.arch)
     rt = runtime.setup(cfg.train.device, cfg.train.threads)
@@ -119,16 +123,47 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, family, rt) -> results.Tra
     return final
 
 
+def _replan(run: _Run, step_seconds: float, valid_seconds: float) -> None:
+    """Count again the steps that fit what is left of the budget, at the speed the machine ran the last epoch
+    at (lmlab.training.budget): if they moved, the plan changes from this step on."""
+    t, step = run.cfg.train, run.progress["step"]
+    measured = runtime.all_reduce_sum(run.rt, [step_seconds, valid_seconds, run.progress["elapsed"]])
+    step_seconds, valid_seconds, elapsed = (v / run.rt.world_size for v in measured)
+    total = budget.replanned_steps(60 * t.budget_minutes, elapsed, step, t.steps, step_seconds, valid_seconds,
+                                   run.steps_per_epoch)
+    if total is None:
+        return
+    log.info("re-planned at step %d: %.4f s/step and %.1f s per validation over the last epoch leave %.1f of %g "
+             "min for %d more steps (%d in all, was %d)", step, step_seconds, valid_seconds,
+             t.budget_minutes - elapsed / 60, t.budget_minutes, total - step, total, t.steps)
+    run.sched.lr_lambdas[0].replan(step, total)
+    _set_plan(run, [*t.plan, [step, total]])
+    if run.rt.is_main:
+        rundir.write_json(run.out / rundir.CONFIG, to_dict(run.cfg))
+
+
+def _set_plan(run: _Run, plan: list[list[int]]) -> None:
+    """The steps, epochs and averaging start that follow from a plan."""
+    t, o = run.cfg.train, run.cfg.optim
+    t.plan, t.steps = plan, plan[-1][1]
+    t.epochs = math.ceil(t.steps / run.steps_per_epoch)
+    if o.average_from and not run.average.active:
+        run.average.start_step = max(1, math.ceil(o.average_from * t.steps))
+
+
 def _report_plan_against_budget(t, elapsed_seconds: float) -> None:
-    """A budget's plan is a step count, fixed by the probe so that the run replays exactly; if the machine's
-    speed changes after the probe, the steps outlast the budget or leave part of it unused. Say so with the
-    numbers instead of letting it pass."""
+    """A plan that did not fit its budget (a plan given on the command line, re-planning off, or a machine whose
+    speed changed within the last epoch): say so with the numbers instead of letting it pass."""
     budget = 60 * t.budget_minutes
     if not budget or 0.9 * budget <= elapsed_seconds <= 1.05 * budget:
         return
-    log.warning("the %d planned steps took %.1f min of a %g-min budget: the machine ran %s than the probe measured "
-                "(the plan is kept so that --set train.steps=%d replays the run)", t.steps, elapsed_seconds / 60,
-                t.budget_minutes, "slower" if elapsed_seconds > budget else "faster", t.steps)
+    log.warning("the %d planned steps took %.1f min of a %g-min budget: the machine ran %s than planned "
+                "(--set train.plan=%s replays the run)", t.steps, elapsed_seconds / 60, t.budget_minutes,
+                "slower" if elapsed_seconds > budget else "faster", _plan_text(t))
+
+
+def _plan_text(t) -> str:
+    return "[" + ",".join(f"[{step},{total}]" for step, total in (t.plan or [[0, t.steps]])) + "]"
 
 
 def _setup(cfg: TrainConfig, out: Path, family, rt) -> _Run:
@@ -148,15 +183,20 @@ def _setup(cfg: TrainConfig, out: Path, family, rt) -> _Run:
     if steps_per_epoch < 1:
         raise LmlabError(family.too_small(n_train, cfg.data))
     t, spent = cfg.train, 0.0
-    if t.budget_minutes and not t.steps:
+    if t.plan:
+        _check_plan(t)
+    elif t.budget_minutes and not t.steps:
         t.steps, spent = budget.plan_steps(t.budget_minutes, family, net, cfg, streams, rt, steps_per_epoch,
-                                    lambda model: _optimizer(model, cfg.optim))
+                                           lambda model: _optimizer(model, cfg.optim))
+        t.plan = [[0, t.steps]]
+    t.replan = bool(t.replan and t.budget_minutes and t.plan)
     if t.steps:  # the run ends after exactly this many steps, mid-epoch if need be, and validates there
         t.epochs = math.ceil(t.steps / steps_per_epoch)
     if rt.is_main:
-        rundir.write_json(out / rundir.CONFIG, to_dict(cfg))  # with the plan: --set train.steps=N replays it
+        rundir.write_json(out / rundir.CONFIG, to_dict(cfg))  # with the plan: --set train.plan=... replays it
     o, total_steps = cfg.optim, t.steps or t.epochs * steps_per_epoch
-    sched = schedule.scheduler(optimizer, o.schedule, total_steps, o.warmup_steps, o.min_lr_ratio, o.anneal_factor)
+    sched = schedule.scheduler(optimizer, o.schedule, total_steps, o.warmup_steps, o.min_lr_ratio, o.anneal_factor,
+                               t.plan)
     average = WeightAverage(max(1, math.ceil(o.average_from * total_steps)) if o.average_from else math.inf)
     run = _Run(cfg, out, family, rt, corpus, streams, net, train_model, optimizer, sched, steps_per_epoch,
                MetricsLogger(out, cfg.log.tensorboard, rt.is_main), Best(cfg.train.patience), average)
@@ -164,8 +204,22 @@ def _setup(cfg: TrainConfig, out: Path, family, rt) -> _Run:
     return run
 
 
+def _check_plan(t) -> None:
+    """A plan given (or recorded) as [[0, N0], [s1, N1], ...]: its steps are the last total."""
+    steps = [s for s, _ in t.plan]
+    if any(len(p) != 2 for p in t.plan) or steps[0] != 0 or steps != sorted(steps):
+        raise LmlabError(f"train.plan={t.plan} is not a plan: give [[0, total steps], [step, new total], ...] "
+                         "with the steps in order, as a run's config.json records it")
+    if t.steps and t.steps != t.plan[-1][1]:
+        raise LmlabError(f"train.steps={t.steps} disagrees with train.plan, which ends after {t.plan[-1][1]} steps: "
+                         "give one of the two")
+    t.steps = t.plan[-1][1]
+
+
 def _restore(run: _Run) -> None:
     weights, run.progress = checkpoint.load(run.out / rundir.LAST, run.optimizer, run.sched)
+    if run.cfg.train.plan:  # the checkpoint's schedule holds the plan as it was at that epoch
+        _set_plan(run, [[step, total] for step, total, _ in run.sched.lr_lambdas[0].segments])
     run.net.load_state_dict(weights)
     run.best.load_state_dict(run.progress.pop("best"))
     run.average.load_state_dict(run.progress.pop("average", None), run.net)
@@ -177,8 +231,10 @@ def _restore(run: _Run) -> None:
 def _epochs(run: _Run) -> tuple[str, str | None]:
     """Train, validate, checkpoint, anneal or stop, epoch after epoch. Returns (status, why it diverged)."""
     cfg, rt, progress = run.cfg, run.rt, run.progress
-    for epoch in range(progress["epoch"] + 1, cfg.train.epochs + 1):
-        started = time.perf_counter()
+    epoch = progress["epoch"]
+    while epoch < cfg.train.epochs and not (cfg.train.steps and progress["step"] >= cfg.train.steps):
+        epoch += 1
+        started, first_step = time.perf_counter(), progress["step"]
         try:
             loss_sum, tokens, train_seconds, lr = _train_epoch(run, epoch)
         except Diverged as e:
@@ -199,6 +255,10 @@ def _epochs(run: _Run) -> tuple[str, str | None]:
         if not improved:
             schedule.on_plateau(run.sched)
         progress["epoch"] = epoch
+        if cfg.train.replan:
+            if progress["step"] < cfg.train.steps:  # (a run that has done its steps has ended)
+                _replan(run, train_seconds / max(1, progress["step"] - first_step), row["seconds"] - train_seconds)
+            row["planned_steps"] = cfg.train.steps
         if rt.is_main:  # checkpoints first: a metrics row always has a checkpoint behind it
             if improved:
                 rundir.save_checkpoint(run.out / rundir.BEST, {"model": weights.module.state_dict(), "epoch": epoch,

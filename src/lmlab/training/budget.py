@@ -1,12 +1,24 @@
-"""Time-budgeted training: turn a wall-time budget into a number of optimiser steps, once, before training.
+"""Time-budgeted training: turn a wall-time budget into a number of optimiser steps before training, and keep
+that number true to the budget while training.
 
 A schedule planned over elapsed time would make every run depend on the machine's speed of the moment. lmlab
 measures instead (Li, Yumer & Ramanan, "Budgeted Training", ICLR 2020, plan the schedule over the budget; they
 find linear decay to zero best): a few training steps on a throwaway copy of the model give the seconds per
 step (their median), one validation pass its cost; the steps that fit the budget with a validation after every
-data epoch and at the end become ``train.steps``, recorded in ``config.json``. The learning-rate schedule is then planned over
-those steps, a resume keeps them, and ``--set train.steps=N`` replays the same run on any machine. The probe
-runs under saved random states, so a budgeted run and its replay draw the same numbers.
+data epoch and at the end become ``train.steps``, recorded in ``config.json``. The learning-rate schedule is then
+planned over those steps. The probe runs under saved random states, so a budgeted run and its replay draw the
+same numbers.
+
+A ten-second probe is only as good as the machine's speed in those seconds: on this project's 2-core machine
+one plan ran 18% slower than its probe (72 minutes for a 60-minute budget); another probe measured 0.47 s/step
+where the run then took 0.38 (a fifth of the budget would have gone unused). So after every validation
+(``train.replan``, on by default) the steps that still fit are counted again from the last epoch's seconds per
+step and its validation's cost (the machine's speed now); when they differ from the plan by more than
+``REPLAN_TOLERANCE`` of the steps left, the plan changes from that step on: the schedule keeps the progress it
+has reached and spreads the rest over the new remaining steps (lmlab.training.schedule), and ``config.json``
+records every change in ``train.plan = [[0, N0], [step, new total], ...]``. A run whose budget is spent ends at
+that validation with its best checkpoint. ``--set "train.plan=[[0, N0], [s1, N1], ...]"`` replays the run
+exactly (a plan without changes: ``--set train.steps=N``).
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ log = logging.getLogger("lmlab")
 WARMUP_STEPS = 3     # not timed: first-call allocations, thread start-up
 PROBE_SECONDS = 10   # time at least this long (at most 5% of the budget) ...
 PROBE_STEPS = 1000   # ... or this many steps, whichever comes first
+REPLAN_TOLERANCE = 0.02  # re-plan when the steps that fit move by more than this share of the steps left
 
 
 def plan_steps(minutes: float, family, net, cfg, streams: dict, rt: runtime.Runtime, steps_per_epoch: int,
@@ -63,6 +76,20 @@ def steps_that_fit(seconds: float, step_seconds: float, valid_seconds: float, st
         middle = (low + high + 1) // 2
         low, high = (middle, high) if cost(middle) <= seconds else (low, middle - 1)
     return low
+
+
+def replanned_steps(budget_seconds: float, elapsed_seconds: float, step: int, planned: int, step_seconds: float,
+                    valid_seconds: float, steps_per_epoch: int) -> int | None:
+    """After the validation at ``step`` (an epoch's end), with ``elapsed_seconds`` of the budget spent: the total
+    steps that fit what is left at the measured costs, or None when the plan of ``planned`` steps still fits
+    (within the tolerance). ``step`` itself when not even one more step and its validation fit: the run ends."""
+    left = budget_seconds - elapsed_seconds
+    room = left >= step_seconds + valid_seconds
+    fits = steps_that_fit(left, step_seconds, valid_seconds, steps_per_epoch) if room else 0
+    total = step + fits
+    if abs(total - planned) <= REPLAN_TOLERANCE * max(planned - step, 1):
+        return None
+    return total
 
 
 def _step_seconds(family, probe, optimizer, cfg, streams, rt, probe_seconds: float) -> float:

@@ -7,7 +7,14 @@ Linear warm-up over ``warmup`` steps (step k runs at (k+1)/(warmup+1) of the rat
 - ``plateau``: the rate is divided by ``anneal`` after every epoch whose validation loss did not improve
   (Zaremba et al. 2014; pytorch/examples word_language_model);
 - ``constant``.
-The factor is a small object, so ``LambdaLR.state_dict()`` saves its plateau scale and a resume restores it.
+The factor is a small object, so ``LambdaLR.state_dict()`` saves its plateau scale and its plan, and a resume
+restores them.
+
+A time-budgeted run may re-plan its length while it trains (``lmlab.training.budget``). The decay is a function
+of progress through the plan, from 0 after warm-up to 1 at the last step; a re-plan at step s keeps the progress
+reached at s and spreads the rest over the new remaining steps, so the rate never jumps. The plan is the list of
+``(step, total steps)`` pairs, the first at step 0; the factor built from a whole plan gives every step the
+rate that the run re-planning as it went gave it, which is how a replay reproduces the run.
 """
 
 from __future__ import annotations
@@ -20,16 +27,30 @@ KINDS = ("constant", "cosine", "linear", "plateau")
 
 
 class WarmupDecay:
-    def __init__(self, kind: str, total_steps: int, warmup: int = 0, min_ratio: float = 0.0, anneal: float = 4.0):
+    def __init__(self, kind: str, total_steps: int, warmup: int = 0, min_ratio: float = 0.0, anneal: float = 4.0,
+                 plan: list[list[int]] = ()):
         if kind not in KINDS:
             raise ValueError(f"unknown schedule '{kind}': choose one of {', '.join(KINDS)}")
-        self.kind, self.total, self.warmup = kind, max(total_steps, 1), warmup
+        self.kind, self.warmup = kind, warmup
         self.min_ratio, self.anneal, self.scale = min_ratio, anneal, 1.0
+        first = plan[0][1] if plan else total_steps
+        self.segments = [[0, max(first, 1), 0.0]]  # [from step, planned total, progress reached at that step]
+        for step, total in plan[1:]:
+            self.replan(step, total)
+
+    def replan(self, step: int, total_steps: int) -> None:
+        """From ``step`` on, the plan ends after ``total_steps`` steps."""
+        self.segments.append([step, max(total_steps, step + 1), self._progress(step)])
+
+    def _progress(self, step: int) -> float:
+        start, total, reached = next(s for s in reversed(self.segments) if s[0] <= step)
+        start = max(start, self.warmup)
+        return min(1.0, reached + (1 - reached) * max(0, step - start) / max(1, total - start))
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
             return self.scale * (step + 1) / (self.warmup + 1)
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        progress = self._progress(step)
         if self.kind == "cosine":
             return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
         if self.kind == "linear":
@@ -38,9 +59,10 @@ class WarmupDecay:
 
 
 def scheduler(optimizer, kind: str, total_steps: int, warmup: int = 0, min_ratio: float = 0.0,
-              anneal: float = 4.0) -> torch.optim.lr_scheduler.LambdaLR:
+              anneal: float = 4.0, plan: list[list[int]] = ()) -> torch.optim.lr_scheduler.LambdaLR:
     """Call ``.step()`` after every optimiser step; step k of training then runs at ``lr * factor(k)``."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupDecay(kind, total_steps, warmup, min_ratio, anneal))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupDecay(kind, total_steps, warmup, min_ratio, anneal,
+                                                                    plan))
 
 
 def on_plateau(sched: torch.optim.lr_scheduler.LambdaLR) -> None:
