@@ -203,7 +203,8 @@ def test_a_resumed_run_keeps_its_re_plans(tiny_corpus, tmp_path, monkeypatch):
 
 def test_a_plan_that_is_not_one_is_a_clear_error(tiny_corpus, tmp_path, capsys):
     common = ["train", "--model", "lstm", "--preset", "smoke", "--set", f"data.corpus={tiny_corpus}", "--threads", "1"]
-    assert main([*common, "--out", str(tmp_path / "a"), "--set", "train.plan=[[5,30]]"]) == 2
-    assert "is not a plan" in capsys.readouterr().err
+    for bad in ("[[5,30]]", "[[0,30],[20]]", "[[0,30],[20,40],[10,50]]"):
+        assert main([*common, "--out", str(tmp_path / "a"), "--set", f"train.plan={bad}"]) == 2
+        assert "is not a plan" in capsys.readouterr().err
     assert main([*common, "--out", str(tmp_path / "b"), "--set", "train.plan=[[0,30]]", "--set", "train.steps=20"]) == 2
     assert "disagrees with train.plan" in capsys.readouterr().err

@@ -206,8 +206,8 @@ def _setup(cfg: TrainConfig, out: Path, family, rt) -> _Run:
 
 def _check_plan(t) -> None:
     """A plan given (or recorded) as [[0, N0], [s1, N1], ...]: its steps are the last total."""
-    steps = [s for s, _ in t.plan]
-    if any(len(p) != 2 for p in t.plan) or steps[0] != 0 or steps != sorted(steps):
+    steps = [p[0] for p in t.plan if len(p) == 2]
+    if len(steps) != len(t.plan) or steps[0] != 0 or steps != sorted(steps):
         raise LmlabError(f"train.plan={t.plan} is not a plan: give [[0, total steps], [step, new total], ...] "
                          "with the steps in order, as a run's config.json records it")
     if t.steps and t.steps != t.plan[-1][1]:
