@@ -208,3 +208,17 @@ def test_a_plan_that_is_not_one_is_a_clear_error(tiny_corpus, tmp_path, capsys):
         assert "is not a plan" in capsys.readouterr().err
     assert main([*common, "--out", str(tmp_path / "b"), "--set", "train.plan=[[0,30]]", "--set", "train.steps=20"]) == 2
     assert "disagrees with train.plan" in capsys.readouterr().err
+
+
+def test_a_recorded_plan_keeps_re_planning_however_often_it_is_read_and_a_given_one_never_re_plans(tmp_path):
+    from lmlab.recipes import train
+    from lmlab.training import rundir
+
+    rundir.write_json(tmp_path / "config.json", {"train": {"steps": 40, "plan": [[0, 30], [15, 40]], "replan": True}})
+    cfg = train.configure("lstm", "cpu")
+    train.keep_recorded_plan(cfg, tmp_path)  # a study reads the record to compare configs...
+    train.keep_recorded_plan(cfg, tmp_path)  # ...then train.run reads it again on resume
+    assert (cfg.train.steps, cfg.train.plan, cfg.train.replan) == (40, [[0, 30], [15, 40]], True)
+    given = train.configure("lstm", "cpu", ["train.steps=40"])
+    train.keep_recorded_plan(given, tmp_path)
+    assert not given.train.replan and given.train.plan == []

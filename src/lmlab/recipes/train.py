@@ -49,14 +49,15 @@ def configure(model: str, preset: str, overrides: list[str] = ()) -> TrainConfig
 
 def keep_recorded_plan(cfg: TrainConfig, out: Path) -> None:
     """A budgeted run's plan, once made, is its step count and its re-plans (config.json): a resume, or a study
-    that compares a rerun with the finished run, keeps them instead of probing again. A plan given on the
-    command line (``train.steps`` or ``train.plan``) is replayed as it is, never re-planned."""
+    that compares a rerun with the finished run, keeps them instead of probing again, and keeps re-planning if
+    the run did. A plan given on the command line (``train.steps`` or ``train.plan`` other than the recorded
+    one) is replayed as it is, never re-planned. Calling this twice (a study, then ``run``) changes nothing."""
     t, recorded = cfg.train, Path(out) / rundir.CONFIG
-    if t.steps or t.plan:
-        t.replan = False
-    elif t.budget_minutes and recorded.is_file():
-        made = rundir.read_json(recorded)["train"]
+    made = rundir.read_json(recorded)["train"] if recorded.is_file() else {}
+    if made and t.budget_minutes and not (t.steps or t.plan):
         t.steps, t.plan, t.replan = made.get("steps", 0), made.get("plan", []), made.get("replan", False)
+    elif t.steps or t.plan:
+        t.replan = (t.steps, t.plan) == (made.get("steps"), made.get("plan")) and made.get("replan", False)
 
 
 def run(cfg: TrainConfig, out: Path, resume: bool = False) -> results.TrainFinal | None:
