@@ -173,6 +173,24 @@ def test_a_task_fine_tune_from_a_retrained_domain_fine_tune_is_trained_again(tmp
     assert trained == ["lora", "task-lora-lora", "lora", "task-lora-lora"]
 
 
+def _scores(accuracy: float, **extra) -> dict:
+    """PubMedQA scores of 4 questions, as ft-eval writes them."""
+    return {"questions": 4, "accuracy": accuracy, "accuracy_ci95": [0.0, 1.0], "macro_f1": 0.3,
+            "macro_f1_ci95": [0.0, 1.0], "predicted": {"yes": 4}, "gold": {"yes": 2, "no": 2},
+            "majority_class": "yes", "majority_baseline": 0.5, "confusion": {}, **extra}
+
+
+def _evaluation(model: str, accuracy: float):
+    from lmlab import results
+
+    return results.ModelEvaluation(
+        model=model, architecture="llama", params=1, tokenizer="t", vocab_size=2, domain="pubmed", domain_ppl=9.0,
+        general_ppl={"wikitext2": 20.0}, word_ppl={"wikitext2": 40.0}, byte_ppl={"wikitext2": 2.0},
+        bits_per_byte={"wikitext2": 1.0}, perplexity={}, pubmedqa_acc=accuracy, pubmedqa=_scores(accuracy),
+        cloze_acc=0.9, cloze={}, completions=[], settings={}, seconds=1.0, threads=1,
+        pubmedqa_settings={"lm-eval 0-shot": _scores(accuracy)})
+
+
 def test_the_finetune_tables_keep_every_model_evaluated_so_far(tmp_path):
     """comparison.md and qa.json are rebuilt with the report from the result files: a model that an earlier
     invocation evaluated (another finetune.models list, as on a GPU lent in pieces) stays in them."""
@@ -180,28 +198,15 @@ def test_the_finetune_tables_keep_every_model_evaluated_so_far(tmp_path):
     from lmlab.config import load_study
     from lmlab.report.pretrained import finetune_results, write_finetune_summaries
 
-    def scores(accuracy: float) -> dict:
-        return {"questions": 4, "accuracy": accuracy, "accuracy_ci95": [0.0, 1.0], "macro_f1": 0.3,
-                "macro_f1_ci95": [0.0, 1.0], "predicted": {"yes": 4}, "gold": {"yes": 2, "no": 2},
-                "majority_class": "yes", "majority_baseline": 0.5, "confusion": {}}
-
-    def evaluation(model: str, accuracy: float) -> results.ModelEvaluation:
-        return results.ModelEvaluation(
-            model=model, architecture="llama", params=1, tokenizer="t", vocab_size=2, domain="pubmed", domain_ppl=9.0,
-            general_ppl={"wikitext2": 20.0}, word_ppl={"wikitext2": 40.0}, byte_ppl={"wikitext2": 2.0},
-            bits_per_byte={"wikitext2": 1.0}, perplexity={}, pubmedqa_acc=accuracy, pubmedqa=scores(accuracy),
-            cloze_acc=0.9, cloze={}, completions=[], settings={}, seconds=1.0, threads=1,
-            pubmedqa_settings={"lm-eval 0-shot": scores(accuracy)})
-
     layout = StudyLayout(tmp_path)
     layout.model_dir("a").mkdir(parents=True)
-    results.write(layout.base_evaluation("a"), evaluation("a", 0.25))  # an earlier invocation: base only
+    results.write(layout.base_evaluation("a"), _evaluation("a", 0.25))  # an earlier invocation: base only
     layout.finetune_run("b", "lora").mkdir(parents=True)
-    results.write(layout.base_evaluation("b"), evaluation("b", 0.5))
-    results.write(layout.finetune_run("b", "lora") / results.AFTER, evaluation("b/lora", 0.75))
+    results.write(layout.base_evaluation("b"), _evaluation("b", 0.5))
+    results.write(layout.finetune_run("b", "lora") / results.AFTER, _evaluation("b/lora", 0.75))
     layout.task_run("b", "lora", "lora").mkdir(parents=True)
     results.write(layout.task_run("b", "lora", "lora") / results.TASK_SCORES,
-                  results.TaskEvaluation("b/task", {"lm-eval 0-shot": scores(1.0)}, {}, 1.0))
+                  results.TaskEvaluation("b/task", {"lm-eval 0-shot": _scores(1.0)}, {}, 1.0))
     config = load_study("smoke", ['finetune.models=["a", "b"]', 'finetune.modes=["lora"]',
                                   'finetune.task.starts=["lora"]', 'finetune.task.modes=["lora"]'])
     write_finetune_summaries(layout, finetune_results(layout, config))
@@ -214,3 +219,41 @@ def test_the_finetune_tables_keep_every_model_evaluated_so_far(tmp_path):
 
     plain = [line for line in analysis_lines(finetune_results(layout, config), {}) if "plain sliding windows" in line]
     assert plain and "`a` before, `b` before, `b` after LoRA." in plain[0]  # settings without start_every_window
+
+
+def test_a_task_run_from_a_domain_start_is_compared_with_the_run_from_base_question_by_question(tmp_path):
+    """Both task runs answered the same test questions: the report pairs them (the change in accuracy with a paired
+    bootstrap interval, and how many questions only one got right) instead of only comparing two intervals."""
+    from lmlab import results
+    from lmlab.config import load_study
+    from lmlab.pretrained.domain_data import pubmedqa_records
+    from lmlab.report.pretrained import (
+        analysis_lines,
+        finetune_results,
+        write_finetune_summaries,
+    )
+
+    questions = pubmedqa_records()["test"][:4]
+    wrong = {"yes": "no", "no": "yes", "maybe": "yes"}
+
+    def task(right: list[int]) -> results.TaskEvaluation:
+        answers = {q.id: q.decision if i in right else wrong[q.decision] for i, q in enumerate(questions)}
+        return results.TaskEvaluation("m", {"lm-eval 0-shot": _scores(len(right) / 4, answers=answers)}, {}, 1.0)
+
+    layout = StudyLayout(tmp_path)
+    layout.model_dir("m").mkdir(parents=True)
+    results.write(layout.base_evaluation("m"), _evaluation("m", 0.25))
+    for start, right in (("base", [0, 1]), ("lora", [0, 2, 3])):
+        layout.task_run("m", start, "lora").mkdir(parents=True)
+        results.write(layout.task_run("m", start, "lora") / results.TASK_SCORES, task(right))
+    config = load_study("smoke", ['finetune.models=["m"]', 'finetune.modes=["lora"]', 'finetune.sizes.train_docs=[]',
+                                  'finetune.task.starts=["base", "lora"]', 'finetune.task.modes=["lora"]'])
+    found = finetune_results(layout, config)
+    write_finetune_summaries(layout, found)
+    [paired] = json.loads(layout.qa.read_text())["start_comparisons"]
+    assert (paired["run"], paired["against"], paired["questions"]) == ("task from lora (lora)", "task from base (lora)", 4)
+    assert paired["change"] == 0.25 and (paired["only_run_right"], paired["only_against_right"]) == (2, 1)
+    low, high = paired["change_ci95"]
+    assert -1 <= low <= 0.25 <= high <= 1
+    [line] = [x for x in analysis_lines(found, {}) if "vs task from base" in x]
+    assert "paired over the 4 questions: +0.250" in line and "2 right only from the domain start, 1 only from base" in line

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from lmlab import results
 from lmlab.config import StudyConfig
+from lmlab.data.documents import pubmedqa_questions
+from lmlab.errors import LmlabError
+from lmlab.metrics.bootstrap import bootstrap_mean_ci
 from lmlab.report.plots import plot_size_curves
 from lmlab.report.tables import with_ci, finetune_table, pubmedqa_table
 from lmlab.results import (
@@ -57,7 +60,41 @@ def finetune_results(layout: StudyLayout, config: StudyConfig) -> dict:
     qa = qa_rows({(m, k): e for m, r in models.items() for k, e in r["evals"].items()},
                  {(m, task_name(k)): t for m, r in models.items() for k, t in r["tasks"].items()})
     return {"models": {m: r for m, r in models.items() if r["evals"] or r["finals"]}, "sizes": sizes, "qa": qa,
-            "first": f.models[0]}
+            "start_comparisons": start_comparisons(models), "first": f.models[0]}
+
+
+def start_comparisons(models: dict, resamples: int = 1000, seed: int = 0) -> list[dict]:
+    """Each task fine-tune from a domain-adapted start against the same recipe from the pretrained model (the
+    question of Gururangan et al., 2020), paired over the test questions both answered: the change in accuracy
+    with a 95% paired bootstrap interval, and the questions only one of them got right. Needs both runs'
+    per-question answers and the gold verdicts (the PubMedQA data); where either is missing, none."""
+    pairs = []
+    for model, r in models.items():
+        for run, task in r["tasks"].items():
+            _, start, mode = run.split("-")
+            base = f"task-base-{mode}"
+            if start != "base" and base in r["tasks"]:
+                pairs.append((model, run, task, base, r["tasks"][base]))
+    if not pairs:
+        return []
+    try:
+        gold = {q.id: q.decision for q in pubmedqa_questions()}
+    except LmlabError:  # a report built where the data is not: the unpaired intervals stay
+        return []
+    out = []
+    for model, run, task, base_run, base in pairs:
+        for setting, scores in task.pubmedqa_settings.items():
+            answers, base_answers = scores.get("answers", {}), base.pubmedqa_settings.get(setting, {}).get("answers", {})
+            ids = sorted(set(answers) & set(base_answers) & set(gold))
+            if not ids:
+                continue
+            change = [int(answers[i] == gold[i]) - int(base_answers[i] == gold[i]) for i in ids]
+            low, high = bootstrap_mean_ci(change, resamples, seed)
+            out.append({"model": model, "run": task_name(run), "against": task_name(base_run),
+                        "setting": setting, "questions": len(ids), "change": sum(change) / len(ids),
+                        "change_ci95": [low, high], "only_run_right": change.count(1),
+                        "only_against_right": change.count(-1)})
+    return out
 
 
 def write_finetune_summaries(layout: StudyLayout, r: dict) -> None:
@@ -69,7 +106,7 @@ def write_finetune_summaries(layout: StudyLayout, r: dict) -> None:
     several = len(r["models"]) > 1
     table = finetune_table({f"{model} {_eval_name(k)}" if several else _eval_name(k): e for (model, k), e in evals.items()})
     (layout.finetune / "comparison.md").write_text(table + "\n", encoding="utf-8")
-    rundir.write_json(layout.qa, {"protocol": QA_PROTOCOL, "rows": r["qa"]})
+    rundir.write_json(layout.qa, {"protocol": QA_PROTOCOL, "rows": r["qa"], "start_comparisons": r["start_comparisons"]})
 
 
 def _eval_name(run: str) -> str:
@@ -286,7 +323,7 @@ def analysis_lines(r: dict, dpo_runs: dict) -> list[str]:
                          f"{_answers(a)}; majority baseline {b.pubmedqa['majority_baseline']:.3f}){_calibrated(b, a)}; "
                          f"fill-in-the-blank {b.cloze_acc:.3f} → {a.cloze_acc:.3f}.")
     lines += _plain_window_lines(r["models"])
-    lines += _qa_lines(r["qa"])
+    lines += _qa_lines(r["qa"], r["start_comparisons"])
     lines += _model_lines(r["models"])
     if r["sizes"]:
         changes = []
@@ -327,9 +364,9 @@ def analysis_lines(r: dict, dpo_runs: dict) -> list[str]:
     return lines
 
 
-def _qa_lines(rows: list[dict]) -> list[str]:
+def _qa_lines(rows: list[dict], comparisons: list[dict]) -> list[str]:
     """The best PubMedQA result, whether its interval clears the majority baseline, and what domain-adaptive
-    training did to task fine-tuning (Gururangan et al., 2020's question)."""
+    training did to task fine-tuning (Gururangan et al., 2020's question), paired where the answers allow."""
     if not rows:
         return []
     best = max(rows, key=lambda x: x["accuracy"])
@@ -347,9 +384,11 @@ def _qa_lines(rows: list[dict]) -> list[str]:
                          and x["run"] == "task from base" + row["run"][row["run"].index(" ("):]), None)
             if base:
                 diff = row["accuracy"] - base["accuracy"]
+                paired = next((c for c in comparisons if (c["model"], c["run"], c["setting"]) ==
+                               (row["model"], row["run"], row["setting"])), None)
                 lines.append(f"- `{row['model']}`: {row['run']} vs task from base: {row['accuracy']:.3f} vs "
                              f"{base['accuracy']:.3f} ({diff:+.3f}; intervals {_ci(row)} and {_ci(base)}"
-                             f"{', which overlap' if _overlap(row, base) else ''}).")
+                             f"{', which overlap' if _overlap(row, base) else ''}){_paired(paired)}.")
     return lines
 
 
@@ -369,6 +408,15 @@ def _model_lines(models: dict) -> list[str]:
                      f"against {base[worst].bits_per_byte[corpus]:.3f} for `{worst}` "
                      f"({base[worst].bits_per_byte[corpus] / base[best].bits_per_byte[corpus] - 1:+.1%}).")
     return lines
+
+
+def _paired(c: dict | None) -> str:
+    if not c:
+        return ""
+    low, high = c["change_ci95"]
+    verdict = "contains zero: no difference shown" if low <= 0 <= high else "excludes zero"
+    return (f"; paired over the {c['questions']} questions: {c['change']:+.3f} [{low:+.3f}, {high:+.3f}], which "
+            f"{verdict} ({c['only_run_right']} right only from the domain start, {c['only_against_right']} only from base)")
 
 
 def _ci(row: dict) -> str:
