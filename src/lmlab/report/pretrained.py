@@ -68,32 +68,33 @@ def start_comparisons(models: dict, resamples: int = 1000, seed: int = 0) -> lis
     question of Gururangan et al., 2020), paired over the test questions both answered: the change in accuracy
     with a 95% paired bootstrap interval, and the questions only one of them got right. Needs both runs'
     per-question answers and the gold verdicts (the PubMedQA data); where either is missing, none."""
-    pairs = []
+    pairs = []  # (model, run, base run, setting, its answers, the base run's answers), where both kept them
     for model, r in models.items():
         for run, task in r["tasks"].items():
             _, start, mode = run.split("-")
-            base = f"task-base-{mode}"
-            if start != "base" and base in r["tasks"]:
-                pairs.append((model, run, task, base, r["tasks"][base]))
-    if not pairs:
+            base_run = f"task-base-{mode}"
+            if start == "base" or base_run not in r["tasks"]:
+                continue
+            for setting, scores in task.pubmedqa_settings.items():
+                base_answers = r["tasks"][base_run].pubmedqa_settings.get(setting, {}).get("answers")
+                if scores.get("answers") and base_answers:
+                    pairs.append((model, run, base_run, setting, scores["answers"], base_answers))
+    if not pairs:  # nothing to pair: the PubMedQA data is not read
         return []
     try:
         gold = {q.id: q.decision for q in pubmedqa_questions()}
     except LmlabError:  # a report built where the data is not: the unpaired intervals stay
         return []
     out = []
-    for model, run, task, base_run, base in pairs:
-        for setting, scores in task.pubmedqa_settings.items():
-            answers, base_answers = scores.get("answers", {}), base.pubmedqa_settings.get(setting, {}).get("answers", {})
-            ids = sorted(set(answers) & set(base_answers) & set(gold))
-            if not ids:
-                continue
-            change = [int(answers[i] == gold[i]) - int(base_answers[i] == gold[i]) for i in ids]
-            low, high = bootstrap_mean_ci(change, resamples, seed)
-            out.append({"model": model, "run": task_name(run), "against": task_name(base_run),
-                        "setting": setting, "questions": len(ids), "change": sum(change) / len(ids),
-                        "change_ci95": [low, high], "only_run_right": change.count(1),
-                        "only_against_right": change.count(-1)})
+    for model, run, base_run, setting, answers, base_answers in pairs:
+        ids = sorted(set(answers) & set(base_answers) & set(gold))
+        if not ids:
+            continue
+        change = [int(answers[i] == gold[i]) - int(base_answers[i] == gold[i]) for i in ids]
+        low, high = bootstrap_mean_ci(change, resamples, seed)
+        out.append({"model": model, "run": task_name(run), "against": task_name(base_run), "setting": setting,
+                    "questions": len(ids), "change": sum(change) / len(ids), "change_ci95": [low, high],
+                    "only_run_right": change.count(1), "only_against_right": change.count(-1)})
     return out
 
 
