@@ -11,6 +11,7 @@ from lmlab.families import build_model
 from lmlab.models.gru import GRULayer
 from lmlab.models.lstm import LSTMLayer
 from lmlab.models.rnn import ElmanLayer
+from lmlab.models.transformer import LayerNorm
 
 V = 50
 
@@ -93,6 +94,24 @@ def test_plain_matmul_attention_equals_sdpa():
     lb.backward()
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-10, rtol=1e-10, msg=name)
+
+
+def test_layer_norm_backward_written_by_hand_matches_finite_differences_and_torch_nn():
+    torch.manual_seed(0)
+    norm = LayerNorm(8).double()
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = (torch.randn(3, 5, 8, dtype=torch.float64) * 3 + 1).requires_grad_()
+    assert torch.autograd.gradcheck(norm, (x,))
+    reference = torch.nn.LayerNorm(8).double()
+    reference.load_state_dict(norm.state_dict())
+    upstream = torch.randn(3, 5, 8, dtype=torch.float64)
+    ours, theirs = norm(x), reference(x)
+    torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=1e-12)
+    for a, b in zip(torch.autograd.grad(ours, (x, norm.weight, norm.bias), upstream),
+                    torch.autograd.grad(theirs, (x, reference.weight, reference.bias), upstream)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize("layer", [ElmanLayer, GRULayer, LSTMLayer])

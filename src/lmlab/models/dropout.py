@@ -38,7 +38,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     if x.device.type != "cpu" or p >= 1:
         return F.dropout(x, p, True)
     keep, scale = keep_mask(tuple(x.shape), p, x.device)
-    return x * (keep * scale).to(x.dtype)
+    return x * keep.to(x.dtype).mul_(scale)  # two passes for the mask, not three (bool * float promotes first)
 
 
 class Dropout(nn.Module):

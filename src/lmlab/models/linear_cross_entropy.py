@@ -4,8 +4,9 @@
 a zero-filled gradient of the same size and the log-softmax backward: four passes over 80 MB for the
 Transformer preset's 2,048 x 10,000 step, from main memory. Here the logits of 128 rows at a time (5 MB, near
 the core's cache) give their loss and, since the loss is the model's last operation, their gradient at once:
-softmax minus the one-hot target, which the two gradient matmuls consume before the next chunk. The backward
-then only scales the stored gradients by the incoming one. Loss and gradients equal the two-op version's to
+softmax minus the one-hot target, which the two gradient matmuls consume before the next chunk (one exp pass
+serves both the log-normaliser and the softmax). The backward then only scales the stored gradients by the
+incoming one. Loss and gradients equal the two-op version's to
 fp32 rounding (tested); the output layer plus cross-entropy ran 1.7x faster (median of 8, 2 threads).
 """
 
@@ -31,12 +32,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.size(0), CHUNK):
             h, t, keep = hidden[start : start + CHUNK], targets[start : start + CHUNK], valid[start : start + CHUNK]
             logits = h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())
-            log_norm = torch.logsumexp(logits, dim=1)
             rows, safe = torch.arange(h.size(0)), t.clamp(min=0)
-            total += ((log_norm - logits[rows, safe]) * keep).sum()
-            grad = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place of the logits
-            grad[rows, safe] -= 1
-            grad.mul_((keep * scale)[:, None])
+            target_logit = logits[rows, safe]
+            # One exp pass gives both the log-normaliser and the softmax (logsumexp would take its own).
+            top = logits.amax(1, keepdim=True)
+            probs = logits.sub_(top).exp_()  # in place of the logits
+            norm = probs.sum(1)
+            total += ((top.squeeze(1) + norm.log() - target_logit) * keep).sum()
+            row_weight = keep * scale
+            grad = probs.mul_((row_weight / norm)[:, None])  # softmax minus the one-hot target, scaled
+            grad[rows, safe] -= row_weight
             torch.mm(grad, weight, out=grad_hidden[start : start + CHUNK])
             grad_weight.addmm_(grad.t(), h)
             if grad_bias is not None:
