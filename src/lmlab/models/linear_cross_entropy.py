@@ -6,8 +6,8 @@ Transformer preset's 2,048 x 10,000 step, from main memory. Here the logits of 1
 the core's cache) give their loss and, since the loss is the model's last operation, their gradient at once:
 softmax minus the one-hot target, which the two gradient matmuls consume before the next chunk (one exp pass
 serves both the log-normaliser and the softmax). The backward then only scales the stored gradients by the
-incoming one. Loss and gradients equal the two-op version's to
-fp32 rounding (tested); the output layer plus cross-entropy ran 1.7x faster (median of 8, 2 threads).
+incoming one. Loss and gradients equal the two-op version's to fp32 rounding (tested); the output layer plus
+cross-entropy ran 1.7x faster (median of 8, 2 threads).
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ from lmlab.models.linear_cross_entropy import linear_cross_entropy
 
 
 class _LayerNormFunction(torch.autograd.Function):
-    """Layer norm with its backward written out: autograd through the forward's tensor ops would record
-    eight nodes per call and take ten times the fused kernel's time; this takes about half of that."""
+    """Layer norm with its backward written out. Autograd through the forward's tensor ops records eight nodes
+    per call: 2.6 ms at the cpu preset's 32 x 64 x 192, against 0.24 ms for torch's fused kernel; written out,
+    1.0-1.7 ms. Still tensor operations, checked against nn.LayerNorm and finite differences (tests)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
