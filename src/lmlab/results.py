@@ -263,10 +263,6 @@ class StudyLayout:
     def log(self) -> Path:
         return self.root / "study.log"
 
-    def step_record(self, step: str) -> Path:
-        """What a step without a run directory of its own (eval, sample) records when it finishes."""
-        return self.root / "steps" / f"{step}.json"
-
 
 def slug(model: str) -> str:
     """A file name for a model name or path."""

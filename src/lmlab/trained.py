@@ -44,15 +44,21 @@ def is_run(path: Path) -> bool:
     return (Path(path) / rundir.FINAL).is_file() and (Path(path) / rundir.VOCAB).is_file()
 
 
-def load_trained(run_dir: Path, device: str = "cpu", impl: str | None = None) -> TrainedModel:
-    """The best checkpoint of a run; ``impl`` may swap scratch/nn (same parameter names, same function)."""
+def finished_run(run_dir: Path) -> results.TrainFinal:
+    """A finished run's final numbers (no weights loaded), or the error that says what to pass instead."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise LmlabError(f"no run directory at {run_dir}: pass the --out of a finished lmlab train")
     if not is_run(run_dir):
         raise LmlabError(f"{run_dir} is not a finished lmlab train run (no final.json and vocab.txt): "
                          "finish it with lmlab train … --resume")
-    final = results.read(run_dir / rundir.FINAL, results.TrainFinal)
+    return results.read(run_dir / rundir.FINAL, results.TrainFinal)
+
+
+def load_trained(run_dir: Path, device: str = "cpu", impl: str | None = None) -> TrainedModel:
+    """The best checkpoint of a run; ``impl`` may swap scratch/nn (same parameter names, same function)."""
+    run_dir = Path(run_dir)
+    final = finished_run(run_dir)
     config = recorded_config(final.config)
     vocab = Vocabulary.load(run_dir / rundir.VOCAB)
     if impl:

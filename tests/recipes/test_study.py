@@ -2,8 +2,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from lmlab.cli import main
+from lmlab.errors import LmlabError
+from lmlab.generation import SamplingSettings
 from lmlab.results import StudyLayout
+from lmlab.training import rundir
 
 
 def test_run_smoke_runs_every_step_then_skips_finished_ones(ptb_available, domain_data, tiny_llama, tmp_path, capsys):
@@ -125,25 +130,67 @@ def test_a_full_disk_is_a_clear_message(tmp_path, capsys, monkeypatch):
     assert "lmlab: error: the disk is full" in err and "Traceback" not in err
 
 
-def test_a_retrained_model_is_evaluated_again(tmp_path, monkeypatch):
-    """The eval step's record names each model by its final.json: the same models skip, a retrained one reruns."""
-    from lmlab.recipes import study
+def test_a_retrained_model_alone_is_evaluated_and_sampled_again(ptb_available, tiny_runs, tmp_path, monkeypatch):
+    """eval and sample keep every result made from a model's current training (the digest of its final.json):
+    after one model is trained again, only it is scored and sampled, the samples it judges are judged again, and
+    a model whose results are kept is never loaded, so its checkpoint need not be there."""
+    import shutil
 
-    calls = []
-    monkeypatch.setattr(study.evaluate, "run", lambda runs, corpora: calls.append(runs) or [])
-    monkeypatch.setattr(study, "write_comparison", lambda rows, out: {})
-    config = study.load_study("smoke", ["train.models=['lstm']"])
-    layout = StudyLayout(tmp_path)
-    final = layout.ptb_run("lstm") / "final.json"
-    final.parent.mkdir(parents=True)
-    final.write_text('{"valid_ppl": 100.0}')
+    from lmlab.recipes import study
+    from lmlab.trained import load_trained
+
+    layout = StudyLayout(tmp_path / "study")
+    for arch in ("rnn", "lstm", "transformer"):
+        shutil.copytree(tiny_runs[arch], layout.ptb_run(arch))
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sees the ball .\na dog likes seeds .\n")
+    config = study.load_study("smoke", ["train.models=['rnn','lstm','transformer']", f"eval.corpora=['ptb:test','file:{text}']",
+                                        "sample.prompts=['the cat']", "sample.samples=1", "sample.max_tokens=8"])
     runner = study.Steps(layout)
+    loads = []
+
+    def counted(run_dir, *args, **kwargs):
+        loads.append(run_dir.name)
+        return load_trained(run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(study.evaluate, "load_trained", counted)
+    monkeypatch.setattr(study.sample, "load_trained", counted)
     study.eval_step(runner, config, "smoke")
+    study.sample_step(runner, config, "smoke")
+    assert sorted(loads) == ["lstm", "lstm", "rnn", "rnn", "transformer", "transformer"]
+    first_rows = json.loads((layout.cross_domain / "cross_domain.json").read_text())
+    first_samples = json.loads(layout.samples.read_text())["samples"]
+    judge_of = {r["model"]: r["judge"] for r in first_samples}
+    assert len(set(judge_of.values())) == 2 and all(judge != model for model, judge in judge_of.items())
+
+    loads.clear()
     study.eval_step(runner, config, "smoke")
-    assert len(calls) == 1
-    final.write_text('{"valid_ppl": 90.0}')
+    study.sample_step(runner, config, "smoke")
+    assert loads == []  # nothing changed: both steps skip
+
+    final = layout.ptb_run("transformer") / "final.json"  # trained again: same numbers, another final.json
+    final.write_text(json.dumps(json.loads(final.read_text()), indent=1))
+    untouched = ({"rnn", "lstm"} - {judge_of["transformer"]}).pop()  # neither retrained nor the transformer's judge
+    (layout.ptb_run(untouched) / "best.pt").unlink()
     study.eval_step(runner, config, "smoke")
-    assert len(calls) == 2 and calls[1] == [layout.ptb_run("lstm")]
+    assert loads == ["transformer"]
+    rows = json.loads((layout.cross_domain / "cross_domain.json").read_text())
+    new_digest = rundir.final_digest(layout.ptb_run("transformer"))
+    assert [r["made_from"] for r in rows if r["model"] == "transformer"] == [new_digest] * 2
+    assert [r for r in rows if r["model"] != "transformer"] == [r for r in first_rows if r["model"] != "transformer"]
+    assert [r["ppl"] for r in rows] == pytest.approx([r["ppl"] for r in first_rows], rel=1e-12)
+
+    loads.clear()
+    study.sample_step(runner, config, "smoke")
+    assert sorted(loads) == sorted(["transformer", judge_of["transformer"]])
+    samples = json.loads(layout.samples.read_text())["samples"]
+    assert [(r["model"], r["text"]) for r in samples] == [(r["model"], r["text"]) for r in first_samples]
+    for before, after in zip(first_samples, samples):
+        assert after["made_from"] == rundir.final_digest(layout.ptb_run(after["model"]))
+        assert after["judge_made_from"] == rundir.final_digest(layout.ptb_run(after["judge"]))
+        assert after["stats"]["fluency_ppl"] == pytest.approx(before["stats"]["fluency_ppl"], rel=1e-9)
+    with pytest.raises(LmlabError, match="share a directory name"):
+        study.sample.run([layout.ptb_run("lstm"), tiny_runs["lstm"]], ["the"], [SamplingSettings()])
 
 
 def test_a_task_fine_tune_from_a_retrained_domain_fine_tune_is_trained_again(tmp_path, monkeypatch):

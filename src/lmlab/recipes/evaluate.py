@@ -28,21 +28,32 @@ from lmlab.errors import LmlabError
 from lmlab.metrics.perplexity import perplexity
 from lmlab.metrics.shift import frequency_buckets, js_divergence, kl_divergence, unigram
 from lmlab.trained import TrainedModel, load_trained
+from lmlab.training import rundir
 
 
-def run(run_dirs: list[Path], specs: list[str], per_token: bool = False) -> list[dict] | tuple[list[dict], list[dict]]:
+def run(run_dirs: list[Path], specs: list[str], per_token: bool = False,
+        previous: list[dict] = ()) -> list[dict] | tuple[list[dict], list[dict]]:
     """One result per (run, corpus); see :func:`evaluate` for the keys. With ``per_token``, also every target's
-    record (:func:`token_rows`), whose NLLs sum to each result's ``nll``."""
-    texts = {spec: load_eval_text(spec) for spec in specs}  # fail on a bad spec before any model work
+    record (:func:`token_rows`), whose NLLs sum to each result's ``nll``. ``previous``: results of an earlier call
+    (the study passes its cross_domain.json), reused for each corpus a run was scored on in the same training
+    (``made_from``: the digest of its final.json); a run with nothing left to score is not loaded."""
+    reusable = {(r["made_from"], r["corpus"]): r for r in previous if r.get("made_from")}
+    digests = [rundir.final_digest(d) for d in run_dirs]
+    todo = {d: [s for s in specs if per_token or (digest, s) not in reusable] for d, digest in zip(run_dirs, digests)}
+    needed = [s for s in specs if any(s in t for t in todo.values())]
+    texts = {spec: load_eval_text(spec) for spec in needed}  # fail on a bad spec before any model work
     words = {spec: [w for s in normalize_text(t.text, t.kind) for w in (*s, EOS)] for spec, t in texts.items()}
     for spec, ws in words.items():
         if not any(w != EOS for w in ws):
             raise LmlabError(f"corpus '{spec}' holds no words to score: give a text with at least one word")
     results, tokens = [], []
-    for run_dir in run_dirs:
-        trained = load_trained(run_dir)
-        train_ids = _training_ids(trained)
+    for run_dir, digest in zip(run_dirs, digests):
+        trained = load_trained(run_dir) if todo[run_dir] else None
+        train_ids = _training_ids(trained) if trained else None
         for spec in specs:
+            if spec not in todo[run_dir]:
+                results.append(reusable[(digest, spec)])
+                continue
             results.append(evaluate(trained, spec, texts[spec].kind, words[spec], train_ids))
             if per_token:
                 tokens += token_rows(trained, spec, words[spec])
@@ -81,6 +92,7 @@ def evaluate(trained: TrainedModel, spec: str, kind: str, words: list[str], trai
     return {
         "run": str(trained.run_dir),
         "model": trained.name,
+        "made_from": rundir.final_digest(trained.run_dir),
         "arch": trained.config.model.arch,
         "corpus": spec,
         "tokens": targets.numel(),

@@ -9,6 +9,7 @@ prints them side by side, or as JSON).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from dataclasses import asdict
@@ -22,7 +23,7 @@ from lmlab.families import PRETRAINED
 from lmlab.generation import SamplingSettings, generate
 from lmlab.metrics.perplexity import perplexity
 from lmlab.metrics.text_stats import text_statistics
-from lmlab.trained import TrainedModel, is_run, load_trained
+from lmlab.trained import TrainedModel, finished_run, is_run, load_trained
 from lmlab.training import rundir
 
 log = logging.getLogger("lmlab")
@@ -32,23 +33,58 @@ STAT_KEYS = ("distinct_1", "distinct_2", "distinct_3", "repeated_4gram_rate", "l
 
 
 def run(run_dirs: list[Path], prompts: list[str], settings: list[SamplingSettings], seed: int = 0,
-        samples: int = 1, judge: Path | None = None, out: Path | None = None, ban_unk: bool = False) -> dict:
+        samples: int = 1, judge: Path | None = None, out: Path | None = None, ban_unk: bool = False,
+        previous: list[dict] = ()) -> dict:
     """Every sample with its statistics (``samples``) and their means per model and strategy (``summary``).
-    ``ban_unk``: word-level models never emit ``<unk>`` (their greedy text otherwise loops on it)."""
+    ``ban_unk``: word-level models never emit ``<unk>`` (their greedy text otherwise loops on it).
+
+    ``previous``: the samples of an earlier call, reused where they still hold (the study passes its
+    samples.json). A word-level model samples again unless ``previous`` has every sample asked for, made from its
+    current training (``made_from``: the digest of its final.json); a reused sample is judged again when its judge,
+    or the judge's training, changed. Only the models that sample or judge are loaded, so the checkpoint of a model
+    whose samples are reused need not be present."""
     if samples < 1:
         raise LmlabError(f"--samples {samples} is not allowed: give at least 1")
     # Decide locally what each name is before loading anything (a run directory, or a pretrained model).
     pretrained_specs = [d for d in run_dirs if is_pretrained(d)]
+    runs = {Path(d).name: Path(d) for d in run_dirs if d not in pretrained_specs}
+    if len(runs) < len(run_dirs) - len(pretrained_specs):
+        raise LmlabError("two runs share a directory name, which labels their samples: give runs whose last path "
+                         "parts differ")
+    finals = {name: finished_run(d) for name, d in runs.items()}  # fails at once on a missing or unfinished run
+    digests = {name: rundir.final_digest(d) for name, d in runs.items()}
+    judges = ({name: Path(judge) for name, d in runs.items() if d.resolve() != Path(judge).resolve()} if judge else
+              {name: runs[other] for name, other in best_other({n: f.valid_ppl for n, f in finals.items()}).items()})
+    judged_by = {name: (judges[name].name, rundir.final_digest(judges[name])) if name in judges else (None, None)
+                 for name in runs}
+    wanted = [(p, s, sd) for p in prompts for s in settings for sd in _seeds(s, seed, samples)]
+    reusable = {_sample_key(r["model"], r["prompt"], r["settings"], r["seed"], r.get("ban_unk", False)): r
+                for r in previous if r.get("made_from") is not None and r.get("made_from") == digests.get(r["model"])}
+    kept = {name: [reusable.get(_sample_key(name, p, asdict(s), sd, ban_unk)) for p, s, sd in wanted]
+            for name in runs}
+    resample = [name for name, rows in kept.items() if None in rows]
+    rejudge = [name for name, rows in kept.items() if name in resample or any(
+        (r.get("judge"), r.get("judge_made_from")) != judged_by[name] for r in rows)]
     # Generation always uses the scratch implementation: same weights, and it has the key/value cache.
-    models = [load_trained(d, impl="scratch") for d in run_dirs if d not in pretrained_specs]
+    loaded = {d: load_trained(d, impl="scratch")
+              for d in {*(runs[n] for n in resample), *(judges[n] for n in rejudge if n in judges)}}
     pretrained = [load_pretrained(str(d)) for d in pretrained_specs]
-    judges = fluency_judges(models, load_trained(judge) if judge else None)
+    if previous:
+        log.info("[sample] sampling %s; judging again %s", ", ".join(resample) or "none",
+                 ", ".join(n for n in rejudge if n not in resample) or "none")
     rows = []
     for prompt in prompts:
         for name, model, tokenizer in pretrained:
             rows += pretrained_rows(name, model, tokenizer, prompt, settings, seed, samples)
-        for model in models:
-            rows += word_rows(model, prompt, settings, seed, samples, ban_unk, judges.get(model.name))
+        for name, d in runs.items():
+            judge_model = loaded[judges[name]] if name in judges and name in rejudge else None
+            if name in resample:
+                rows += word_rows(loaded[d], prompt, settings, seed, samples, ban_unk, judge_model)
+                continue
+            for row in (dict(r, stats=dict(r["stats"])) for r, (p, _, _) in zip(kept[name], wanted) if p == prompt):
+                if name in rejudge:
+                    _judge(row, judge_model, tokenize(prompt), row["text"].split())
+                rows.append(row)
     result = {"samples": rows, "summary": summarise(rows)}
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -56,20 +92,27 @@ def run(run_dirs: list[Path], prompts: list[str], settings: list[SamplingSetting
     return result
 
 
+def _sample_key(model: str, prompt: str, settings: dict, seed: int, ban_unk: bool) -> tuple:
+    return model, prompt, json.dumps(settings, sort_keys=True), seed, ban_unk
+
+
 def word_rows(model: TrainedModel, prompt: str, settings: list[SamplingSettings], seed: int, samples: int,
               ban_unk: bool, judge: TrainedModel | None) -> list[dict]:
-    """A word-level model's samples of one prompt, with their statistics and fluency under ``judge``."""
+    """A word-level model's samples of one prompt, with their statistics and fluency under ``judge``; each
+    records the training it was made from (``made_from``: the digest of the run's final.json)."""
     prompt_words = prompt_tokens(prompt, model)
     prompt_ids = model.vocab.encode([EOS, *prompt_words]).tolist()
+    made_from = rundir.final_digest(model.run_dir)
     rows = []
     for s in settings:
         for sd in _seeds(s, seed, samples):
             ids = generate(model.model, model.family, prompt_ids, s, seed=sd,
                            banned=[model.vocab.unk_id] if ban_unk else [])
             words = model.vocab.decode(ids)
-            row = {"model": model.name, "prompt": prompt, "strategy": s.label, "seed": sd,
-                   "settings": asdict(s), "text": " ".join(words), "stats": text_statistics(words)}
-            row["stats"]["fluency_ppl"], row["judge"] = _fluency(judge, prompt_words, words)
+            row = {"model": model.name, "made_from": made_from, "prompt": prompt, "strategy": s.label, "seed": sd,
+                   "settings": asdict(s), "ban_unk": ban_unk, "text": " ".join(words),
+                   "stats": text_statistics(words)}
+            _judge(row, judge, prompt_words, words)
             rows.append(row)
     return rows
 
@@ -133,12 +176,20 @@ def fluency_judges(models: list[TrainedModel], judge: TrainedModel | None) -> di
     """Each generator's judge: the given one, else the other model with the lowest validation perplexity."""
     if judge:
         return {m.name: judge for m in models if m.run_dir != judge.run_dir}
-    out = {}
-    for m in models:
-        others = [o for o in models if o is not m]
-        if others:
-            out[m.name] = min(others, key=lambda o: o.final.valid_ppl)
-    return out
+    by_name = {m.name: m for m in models}
+    return {name: by_name[other] for name, other in best_other({m.name: m.final.valid_ppl for m in models}).items()}
+
+
+def best_other(valid_ppl: dict[str, float]) -> dict[str, str]:
+    """Each model's judge by name: the other model with the lowest validation perplexity (none for a lone model)."""
+    return {name: min((o for o in valid_ppl if o != name), key=valid_ppl.__getitem__)
+            for name in valid_ppl if len(valid_ppl) > 1}
+
+
+def _judge(row: dict, judge: TrainedModel | None, prompt_words: list[str], words: list[str]) -> None:
+    """The row's fluency: the perplexity of its continuation under ``judge``, which the row names with its training."""
+    row["stats"]["fluency_ppl"], row["judge"] = _fluency(judge, prompt_words, words)
+    row["judge_made_from"] = rundir.final_digest(judge.run_dir) if judge else None
 
 
 def _fluency(judge: TrainedModel | None, prompt_words: list[str], words: list[str]):

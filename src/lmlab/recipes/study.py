@@ -10,13 +10,14 @@ study's corpora, with the cross-domain comparison) -> ``sample`` (the same promp
 
 One rule decides what a step does (:class:`Steps`): a unit whose result file exists and was made with the same
 config (up to runtime keys) is done and skipped; a run directory with resume state (last.pt) resumes; anything
-else starts over. Paths come from :class:`lmlab.results.StudyLayout`; the whole run is logged to study.log.
+else starts over. The eval and sample steps keep each model's results while they were made from its current
+training, and redo only the rest. Paths come from :class:`lmlab.results.StudyLayout`; the whole run is logged to
+study.log.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import shutil
 import time
@@ -59,15 +60,14 @@ def run(preset: str, out: Path, only: list[str] | None = None, skip: list[str] |
 class Steps:
     """The one skip/resume rule of the study: a unit is done when its result exists and records the config that
     is asked for now (up to the keys the schema marks runtime); otherwise it runs, resuming from last.pt where
-    its run directory holds one. Three kinds of unit apply it, each recording its config in its own place: a run
-    directory (config.json), a step without one (its record under steps/), an ft-eval result (the settings and
-    model it holds)."""
+    its run directory holds one. Two kinds of unit apply it, each recording its config in its own place: a run
+    directory (config.json) and an ft-eval result (the settings and model it holds)."""
 
     def __init__(self, layout: results.StudyLayout):
         self.layout = layout
 
     @staticmethod
-    def _skip(name: str, where: Path) -> None:
+    def skip(name: str, where: Path) -> None:
         log.info("[%s] done already: %s", name, where)
 
     def run_dir(self, name: str, run_dir: Path, cfg, result: str, start: Callable[[bool], Any],
@@ -88,7 +88,7 @@ class Steps:
                                  "it or use another --out")
             if made_from and not record.is_file():  # recorded before this check: taken as made from this start
                 rundir.write_json(record, made_from)
-            return self._skip(name, run_dir / result)
+            return self.skip(name, run_dir / result)
         resume = resumable and (run_dir / rundir.LAST).is_file()
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # an interrupted run without resume state starts over
@@ -97,15 +97,6 @@ class Steps:
             run_dir.mkdir(parents=True, exist_ok=True)
             rundir.write_json(record, made_from)
         start(resume)
-
-    def record(self, name: str, cfg: dict, work: Callable[[], None]) -> None:
-        """A unit without a run directory (eval, sample): its record holds the config it ran."""
-        marker = self.layout.step_record(name)
-        if marker.is_file() and rundir.read_json(marker) == cfg:  # a changed config reruns these cheap steps
-            return self._skip(name, marker)
-        work()
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        rundir.write_json(marker, cfg)
 
     def evaluation(self, name: str, path: Path, model: str, settings, work: Callable[[], results.ModelEvaluation]):
         """An ft-eval result, which records the settings and the model it was made with."""
@@ -120,7 +111,7 @@ class Steps:
     def _evaluated(self, name: str, path: Path, model: str, settings: dict, cls, work):
         existing = results.read_if_present(path, cls)
         if existing and existing.settings == settings and existing.model == model:
-            self._skip(name, path)
+            self.skip(name, path)
             return existing  # another model or other settings: evaluate again
         log.info("[%s] %s", name, model)
         evaluated = work()
@@ -160,42 +151,36 @@ def scaling_step(runner: Steps, study: StudyConfig, preset: str) -> None:
              (layout.scaling / "scaling.md").read_text())
 
 
-def _trained(layout: results.StudyLayout, models: list[str]) -> dict[str, str | None]:
-    """Each PTB model as the records of eval and sample name it: the digest of its final.json, which a new
-    training rewrites, so a retrained model is evaluated and sampled again rather than reported from the old one."""
-    return {arch: _digest(layout.ptb_run(arch) / rundir.FINAL) for arch in models}
-
-
-def _digest(final: Path) -> str | None:
-    """A finished run as records name it: the digest of its final.json (None while it has none)."""
-    return hashlib.sha256(final.read_bytes()).hexdigest()[:16] if final.is_file() else None
-
-
 def eval_step(runner: Steps, study: StudyConfig, preset: str) -> None:
+    """Every PTB model on every corpus. A result is kept while it was made from the model's current training (its
+    ``made_from``, the digest of final.json), so a retrained model, or an added corpus, is the only thing scored
+    again: the other models' checkpoints need not be present."""
     layout, cfg = runner.layout, study.eval
-
-    def work():
-        log.info("[eval] %s", ", ".join(cfg.corpora))
-        rows = evaluate.run([layout.ptb_run(a) for a in study.train.models], cfg.corpora)
-        layout.cross_domain.mkdir(parents=True, exist_ok=True)
-        rundir.write_json(layout.cross_domain / "cross_domain.json", rows)
-        summary = write_comparison(rows, layout.cross_domain)
-        log.info("comparison written to %s; degrades least: %s, most: %s", layout.cross_domain,
-                 summary.get("degrades_least"), summary.get("degrades_most"))
-
-    runner.record("eval", dict(to_dict(cfg), models=_trained(layout, study.train.models)), work)
+    path = layout.cross_domain / "cross_domain.json"
+    previous = rundir.read_json(path) if path.is_file() else []
+    rows = evaluate.run([layout.ptb_run(a) for a in study.train.models], cfg.corpora, previous=previous)
+    if rows == previous:
+        return runner.skip("eval", path)
+    log.info("[eval] %s", ", ".join(cfg.corpora))
+    layout.cross_domain.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(path, rows)
+    summary = write_comparison(rows, layout.cross_domain)
+    log.info("comparison written to %s; degrades least: %s, most: %s", layout.cross_domain,
+             summary.get("degrades_least"), summary.get("degrades_most"))
 
 
 def sample_step(runner: Steps, study: StudyConfig, preset: str) -> None:
+    """The same prompts to every PTB model. Samples are kept while made from the model's current training, and
+    judged again only where the judge (the best other model) or its training changed."""
     layout, cfg = runner.layout, study.sample
-
-    def work():
-        log.info("[sample] %d prompts x %d strategies", len(cfg.prompts), len(cfg.strategies))
-        settings = [SamplingSettings(**s, max_tokens=cfg.max_tokens) for s in cfg.strategies]
-        sample.run([layout.ptb_run(a) for a in study.train.models], cfg.prompts, settings, seed=cfg.seed,
-                   samples=cfg.samples, out=layout.samples)
-
-    runner.record("sample", dict(to_dict(cfg), models=_trained(layout, study.train.models)), work)
+    previous = rundir.read_json(layout.samples)["samples"] if layout.samples.is_file() else []
+    settings = [SamplingSettings(**s, max_tokens=cfg.max_tokens) for s in cfg.strategies]
+    result = sample.run([layout.ptb_run(a) for a in study.train.models], cfg.prompts, settings, seed=cfg.seed,
+                        samples=cfg.samples, previous=previous)
+    if result["samples"] == previous:
+        return runner.skip("sample", layout.samples)
+    log.info("[sample] %d prompts x %d strategies", len(cfg.prompts), len(cfg.strategies))
+    rundir.write_json(layout.samples, result)
 
 
 def finetune_step(runner: Steps, study: StudyConfig, preset: str) -> None:
@@ -236,7 +221,7 @@ def _made_from(layout: results.StudyLayout, model: str, start: str) -> str | Non
     the digest of that domain fine-tune's final.json, which each new training of it rewrites."""
     if start == "base":
         return None
-    return _digest(layout.finetune_run(model, start) / rundir.FINAL)
+    return rundir.final_digest(layout.finetune_run(model, start))
 
 
 def ft_eval_step(runner: Steps, study: StudyConfig, preset: str) -> None:

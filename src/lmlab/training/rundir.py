@@ -9,6 +9,7 @@ checkpoint can hold tensors, numbers and strings but never code that runs when i
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -106,6 +107,13 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict[str, Any]:
             "weights_only" in str(e) or "Unsupported global" in str(e)) else "it is corrupt or not an lmlab checkpoint"
         raise LmlabError(f"checkpoint {path} is unreadable ({type(e).__name__}): {reason}; retrain, or restore it "
                          "from a copy") from e
+
+
+def final_digest(run_dir: Path) -> str | None:
+    """A finished run as the results made from it name it: the digest of its final.json, which every new training
+    rewrites (None while it has none). A result that records it can tell whether it was made from this training."""
+    final = Path(run_dir) / FINAL
+    return hashlib.sha256(final.read_bytes()).hexdigest()[:16] if final.is_file() else None
 
 
 def remove(path: Path) -> None:
