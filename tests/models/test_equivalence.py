@@ -116,18 +116,24 @@ def test_layer_norm_backward_written_by_hand_matches_finite_differences_and_torc
 
 @pytest.mark.parametrize("layer", [ElmanLayer, GRULayer, LSTMLayer])
 def test_recurrent_layer_gradcheck(layer):
-    """Analytic gradients of our tensor-op cells against finite differences."""
+    """Analytic gradients of our tensor-op cells (each a hand-written backward through time) against finite
+    differences: for the inputs, every parameter and a random initial state, through every step's output and the
+    last state, as the next window receives it."""
     torch.manual_seed(0)
     cell = layer(3, 4).double()
     x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
-    state = cell.initial_state(2, x)
+    zero = cell.initial_state(2, x)
+    is_pair = isinstance(zero, tuple)  # the LSTM's (h, c)
+    state = [torch.randn_like(s).requires_grad_() for s in (zero if is_pair else (zero,))]
+    names = [n for n, _ in cell.named_parameters()]
 
-    def f(inp, *params):
-        out, _ = torch.func.functional_call(cell, dict(zip([n for n, _ in cell.named_parameters()], params)),
-                                            (inp, state))
-        return out
+    def f(inp, *rest):
+        initial, params = rest[: len(state)], rest[len(state) :]
+        out, last = torch.func.functional_call(cell, dict(zip(names, params)),
+                                               (inp, tuple(initial) if is_pair else initial[0]))
+        return out, *(last if is_pair else (last,))
 
-    assert torch.autograd.gradcheck(f, (x, *cell.parameters()))
+    assert torch.autograd.gradcheck(f, (x, *state, *cell.parameters()))
 
 
 @pytest.mark.parametrize("arch", ["rnn", "gru", "lstm", "transformer"])
