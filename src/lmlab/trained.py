@@ -45,12 +45,13 @@ def is_run(path: Path) -> bool:
 
 
 def finished_run(run_dir: Path) -> results.TrainFinal:
-    """A finished run's final numbers (no weights loaded), or the error that says what to pass instead."""
+    """A finished run's final numbers (neither weights nor vocabulary loaded: a results checkout has only these),
+    or the error that says what to pass instead."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise LmlabError(f"no run directory at {run_dir}: pass the --out of a finished lmlab train")
-    if not is_run(run_dir):
-        raise LmlabError(f"{run_dir} is not a finished lmlab train run (no final.json and vocab.txt): "
+    if not (run_dir / rundir.FINAL).is_file():
+        raise LmlabError(f"{run_dir} is not a finished lmlab train run (no final.json): "
                          "finish it with lmlab train … --resume")
     return results.read(run_dir / rundir.FINAL, results.TrainFinal)
 
@@ -59,6 +60,9 @@ def load_trained(run_dir: Path, device: str = "cpu", impl: str | None = None) ->
     """The best checkpoint of a run; ``impl`` may swap scratch/nn (same parameter names, same function)."""
     run_dir = Path(run_dir)
     final = finished_run(run_dir)
+    if not is_run(run_dir):
+        raise LmlabError(f"{run_dir} is not a finished lmlab train run (no vocab.txt beside its final.json): copy the "
+                         "whole run directory, or retrain")
     config = recorded_config(final.config)
     vocab = Vocabulary.load(run_dir / rundir.VOCAB)
     if impl:

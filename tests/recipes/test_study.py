@@ -133,7 +133,7 @@ def test_a_full_disk_is_a_clear_message(tmp_path, capsys, monkeypatch):
 def test_a_retrained_model_alone_is_evaluated_and_sampled_again(ptb_available, tiny_runs, tmp_path, monkeypatch):
     """eval and sample keep every result made from a model's current training (the digest of its final.json):
     after one model is trained again, only it is scored and sampled, the samples it judges are judged again, and
-    a model whose results are kept is never loaded, so its checkpoint need not be there."""
+    a model whose results are kept is never loaded, so its checkpoint and vocabulary need not be there."""
     import shutil
 
     from lmlab.recipes import study
@@ -171,7 +171,8 @@ def test_a_retrained_model_alone_is_evaluated_and_sampled_again(ptb_available, t
     final = layout.ptb_run("transformer") / "final.json"  # trained again: same numbers, another final.json
     final.write_text(json.dumps(json.loads(final.read_text()), indent=1))
     untouched = ({"rnn", "lstm"} - {judge_of["transformer"]}).pop()  # neither retrained nor the transformer's judge
-    (layout.ptb_run(untouched) / "best.pt").unlink()
+    for name in ("best.pt", "vocab.txt"):  # as in a results checkout: only final.json and the logs
+        (layout.ptb_run(untouched) / name).unlink()
     study.eval_step(runner, config, "smoke")
     assert loads == ["transformer"]
     rows = json.loads((layout.cross_domain / "cross_domain.json").read_text())
