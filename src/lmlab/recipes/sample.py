@@ -58,10 +58,7 @@ def run(run_dirs: list[Path], prompts: list[str], settings: list[SamplingSetting
     judged_by = {name: (judges[name].name, rundir.final_digest(judges[name])) if name in judges else (None, None)
                  for name in runs}
     wanted = [(p, s, sd) for p in prompts for s in settings for sd in _seeds(s, seed, samples)]
-    reusable = {_sample_key(r["model"], r["prompt"], r["settings"], r["seed"], r.get("ban_unk", False)): r
-                for r in previous if r.get("made_from") is not None and r.get("made_from") == digests.get(r["model"])}
-    kept = {name: [reusable.get(_sample_key(name, p, asdict(s), sd, ban_unk)) for p, s, sd in wanted]
-            for name in runs}
+    kept = _reusable(previous, digests, wanted, ban_unk)
     resample = [name for name, rows in kept.items() if None in rows]
     rejudge = [name for name, rows in kept.items() if name in resample or any(
         (r.get("judge"), r.get("judge_made_from")) != judged_by[name] for r in rows)]
@@ -92,8 +89,15 @@ def run(run_dirs: list[Path], prompts: list[str], settings: list[SamplingSetting
     return result
 
 
-def _sample_key(model: str, prompt: str, settings: dict, seed: int, ban_unk: bool) -> tuple:
-    return model, prompt, json.dumps(settings, sort_keys=True), seed, ban_unk
+def _reusable(previous: list[dict], digests: dict[str, str | None], wanted: list[tuple], ban_unk: bool):
+    """For each model, the sample of ``previous`` for each wanted (prompt, settings, seed), or None where there is
+    none made from the model's current training with those settings."""
+    def key(model, prompt, settings: dict, seed, banned) -> tuple:
+        return model, prompt, json.dumps(settings, sort_keys=True), seed, banned
+
+    found = {key(r["model"], r["prompt"], r["settings"], r["seed"], r.get("ban_unk", False)): r for r in previous
+             if r.get("made_from") is not None and r.get("made_from") == digests.get(r["model"])}
+    return {name: [found.get(key(name, p, asdict(s), sd, ban_unk)) for p, s, sd in wanted] for name in digests}
 
 
 def word_rows(model: TrainedModel, prompt: str, settings: list[SamplingSettings], seed: int, samples: int,
