@@ -14,6 +14,7 @@ them like any word (a PTB model gives ``<unk>`` a high probability, which flatte
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from lmlab.metrics.shift import frequency_buckets, js_divergence, kl_divergence,
 from lmlab.trained import TrainedModel, load_trained
 from lmlab.training import rundir
 
+log = logging.getLogger("lmlab")
 
 def run(run_dirs: list[Path], specs: list[str], per_token: bool = False,
         previous: list[dict] = ()) -> list[dict] | tuple[list[dict], list[dict]]:
@@ -41,6 +43,9 @@ def run(run_dirs: list[Path], specs: list[str], per_token: bool = False,
     digests = [rundir.final_digest(d) for d in run_dirs]
     todo = {d: [s for s in specs if per_token or (digest, s) not in reusable] for d, digest in zip(run_dirs, digests)}
     needed = [s for s in specs if any(s in t for t in todo.values())]
+    if previous:
+        log.info("[eval] scoring %s", ", ".join(f"{Path(d).name} on {len(t)} corpora" for d, t in todo.items() if t)
+                 or "nothing: every result holds")
     texts = {spec: load_eval_text(spec) for spec in needed}  # fail on a bad spec before any model work
     words = {spec: [w for s in normalize_text(t.text, t.kind) for w in (*s, EOS)] for spec, t in texts.items()}
     for spec, ws in words.items():

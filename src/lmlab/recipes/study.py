@@ -161,7 +161,7 @@ def eval_step(runner: Steps, study: StudyConfig, preset: str) -> None:
     rows = evaluate.run([layout.ptb_run(a) for a in study.train.models], cfg.corpora, previous=previous)
     if rows == previous:
         return runner.skip("eval", path)
-    log.info("[eval] %s", ", ".join(cfg.corpora))
+    log.info("[eval] %d results on %s", len(rows), ", ".join(cfg.corpora))
     layout.cross_domain.mkdir(parents=True, exist_ok=True)
     rundir.write_json(path, rows)
     summary = write_comparison(rows, layout.cross_domain)
