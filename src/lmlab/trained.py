@@ -24,6 +24,7 @@ class TrainedModel:
     model: torch.nn.Module
     family: Family
     final: results.TrainFinal
+    made_from: str  # the digest of the run's final.json, which results made from this model record
 
     def score_settings(self) -> dict:
         """The evaluation settings the run used, so every later evaluation scores text the same way."""
@@ -76,4 +77,4 @@ def load_trained(run_dir: Path, device: str = "cpu", impl: str | None = None) ->
         raise LmlabError(f"{run_dir / rundir.BEST} does not match the run's config ({type(e).__name__}): "
                          "the checkpoint is from another run; retrain") from e
     model.to(device).eval()
-    return TrainedModel(run_dir.name, run_dir, config, vocab, model, family, final)
+    return TrainedModel(run_dir.name, run_dir, config, vocab, model, family, final, rundir.final_digest(run_dir))

@@ -97,7 +97,7 @@ def evaluate(trained: TrainedModel, spec: str, kind: str, words: list[str], trai
     return {
         "run": str(trained.run_dir),
         "model": trained.name,
-        "made_from": rundir.final_digest(trained.run_dir),
+        "made_from": trained.made_from,
         "arch": trained.config.model.arch,
         "corpus": spec,
         "tokens": targets.numel(),

@@ -106,14 +106,13 @@ def word_rows(model: TrainedModel, prompt: str, settings: list[SamplingSettings]
     records the training it was made from (``made_from``: the digest of the run's final.json)."""
     prompt_words = prompt_tokens(prompt, model)
     prompt_ids = model.vocab.encode([EOS, *prompt_words]).tolist()
-    made_from = rundir.final_digest(model.run_dir)
     rows = []
     for s in settings:
         for sd in _seeds(s, seed, samples):
             ids = generate(model.model, model.family, prompt_ids, s, seed=sd,
                            banned=[model.vocab.unk_id] if ban_unk else [])
             words = model.vocab.decode(ids)
-            row = {"model": model.name, "made_from": made_from, "prompt": prompt, "strategy": s.label, "seed": sd,
+            row = {"model": model.name, "made_from": model.made_from, "prompt": prompt, "strategy": s.label, "seed": sd,
                    "settings": asdict(s), "ban_unk": ban_unk, "text": " ".join(words),
                    "stats": text_statistics(words)}
             _judge(row, judge, prompt_words, words)
@@ -193,7 +192,7 @@ def best_other(valid_ppl: dict[str, float]) -> dict[str, str]:
 def _judge(row: dict, judge: TrainedModel | None, prompt_words: list[str], words: list[str]) -> None:
     """The row's fluency: the perplexity of its continuation under ``judge``, which the row names with its training."""
     row["stats"]["fluency_ppl"], row["judge"] = _fluency(judge, prompt_words, words)
-    row["judge_made_from"] = rundir.final_digest(judge.run_dir) if judge else None
+    row["judge_made_from"] = judge.made_from if judge else None
 
 
 def _fluency(judge: TrainedModel | None, prompt_words: list[str], words: list[str]):
