@@ -77,5 +77,6 @@ class GRULayer(RecurrentLayer):
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (T, B, input); h: (1, B, hidden). Returns outputs (T, B, hidden) and the last state."""
         xw = self.input_projections(x, self.bias_ih_l0)
-        outputs, h_last = GRURecurrence.apply(xw, h[0], self.recurrent_weight(), self.bias_hh_l0)
+        outputs, h_last = GRURecurrence.apply(xw, h[0].to(xw.dtype), self.recurrent_weight(xw),
+                                             self.bias_hh_l0.to(xw.dtype))
         return outputs, h_last.unsqueeze(0)

@@ -86,5 +86,6 @@ class LSTMLayer(RecurrentLayer):
         """x: (T, B, input); state: (h, c), each (1, B, hidden). Returns outputs (T, B, hidden), (h, c)."""
         # All input projections in one GEMM; the recurrence then needs one (B x H) @ (H x 4H) per step.
         xw = self.input_projections(x, self.bias_ih_l0 + self.bias_hh_l0)
-        outputs, h, c = LSTMRecurrence.apply(xw, state[0][0], state[1][0], self.recurrent_weight())
+        outputs, h, c = LSTMRecurrence.apply(xw, state[0][0].to(xw.dtype), state[1][0].to(xw.dtype),
+                                               self.recurrent_weight(xw))
         return outputs, (h.unsqueeze(0), c.unsqueeze(0))

@@ -32,8 +32,12 @@ class RecurrentLayer(nn.Module):
         steps, batch, _ = x.shape
         return torch.addmm(bias, x.reshape(steps * batch, -1), self.weight_ih_l0.t()).view(steps, batch, -1)
 
-    def recurrent_weight(self) -> torch.Tensor:
+    def recurrent_weight(self, like: torch.Tensor) -> torch.Tensor:
         """W_hh, with DropConnect while training (Wan et al. 2013, as AWD-LSTM uses it, Merity et al. 2018): one
         mask per call, so per BPTT window, shared by every step and column. Dropping recurrent *weights* rather
-        than activations regularises the recurrence without disturbing the fast per-step kernels."""
-        return F.dropout(self.weight_hh_l0, self.weight_drop, self.training)
+        than activations regularises the recurrence without disturbing the fast per-step kernels.
+
+        In ``like``'s dtype: under autocast the input projections come out in bf16/fp16, and the hand-written
+        backward passes multiply their gradients by W_hh outside autocast, so the recurrence must run in one
+        dtype throughout (as cuDNN's does); the cast's own backward returns W_hh's gradient in fp32."""
+        return F.dropout(self.weight_hh_l0, self.weight_drop, self.training).to(like.dtype)

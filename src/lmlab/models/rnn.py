@@ -56,5 +56,5 @@ class ElmanLayer(RecurrentLayer):
         """x: (T, B, input); h: (1, B, hidden). Returns outputs (T, B, hidden) and the last state."""
         # The input projection of every step is one large GEMM; only h W_hh^T must wait for the previous step.
         xw = self.input_projections(x, self.bias_ih_l0 + self.bias_hh_l0)
-        outputs, h_last = ElmanRecurrence.apply(xw, h[0], self.recurrent_weight())
+        outputs, h_last = ElmanRecurrence.apply(xw, h[0].to(xw.dtype), self.recurrent_weight(xw))
         return outputs, h_last.unsqueeze(0)
