@@ -1,5 +1,6 @@
 """GPU readiness in one command (``make gpu-check``): every PTB model's ``gpu`` preset for a few hundred steps
-with bf16 autocast, TF32 and ``torch.compile``, one fine-tuning run and one DPO run of a few steps, each with its
+with bf16 autocast, TF32 and ``torch.compile`` (and the recurrent models' from-scratch layers, which the ``gpu``
+presets replace by cuDNN's, for a third as many), one fine-tuning run and one DPO run of a few steps, each with its
 throughput and MFU against the GPU's bf16 matrix-multiply peak measured in the same run. Any error, CUDA-only
 ones included, fails the check loudly (non-zero exit, the error printed). About 5-8 minutes on one H100.
 
@@ -50,17 +51,23 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def check_ptb(arch: str, preset: str, device: str, steps: int, out: Path, peak: float) -> dict:
+def check_ptb(arch: str, preset: str, device: str, steps: int, out: Path, peak: float,
+              impl: str | None = None) -> dict:
+    """``impl``: the preset's own implementation when None; "scratch" runs the from-scratch recurrent layers
+    (hand-written backward passes) under the same bf16 autocast and torch.compile."""
     on_gpu = device.startswith("cuda")
     overrides = [f"train.device={device}", f"train.steps={steps}", "data.max_eval_tokens=20000",
                  f"train.amp={str(on_gpu).lower()}", f"train.compile={str(on_gpu).lower()}"]
+    overrides += [f"model.impl={impl}"] if impl else []
+    name = f"{arch} {impl}" if impl else arch
+    run_dir = out / name.replace(" ", "-")
     cfg = train.configure(arch, preset, overrides)
-    train.run(cfg, out / arch)
-    rows = rundir.read_jsonl(out / arch / rundir.METRICS)
+    train.run(cfg, run_dir)
+    rows = rundir.read_jsonl(run_dir / rundir.METRICS)
     tokens_per_s = sum(r["tokens_per_s"] * r["seconds"] for r in rows) / sum(r["seconds"] for r in rows)
     flops = flops_per_token(to_dict(cfg))
-    final = results.read(out / arch / rundir.FINAL, results.TrainFinal)
-    return {"check": f"train {arch}", "tokens_per_s": tokens_per_s, "mfu": flops * tokens_per_s / peak,
+    final = results.read(run_dir / rundir.FINAL, results.TrainFinal)
+    return {"check": f"train {name}", "tokens_per_s": tokens_per_s, "mfu": flops * tokens_per_s / peak,
             "valid_ppl": final.valid_ppl}
 
 
@@ -106,6 +113,9 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     checks = [*((f"train {a}", lambda a=a: check_ptb(a, preset, args.device, steps, args.out, peak))
                 for a in ("rnn", "gru", "lstm", "transformer")),
+              *((f"train {a} scratch", lambda a=a: check_ptb(a, preset, args.device, max(steps // 3, 2), args.out,
+                                                            peak, impl="scratch"))
+                for a in ("rnn", "gru", "lstm")),
               (f"finetune {args.model}", lambda: check_finetune(args.model, preset, args.device, args.out, peak)),
               (f"dpo {args.model}", lambda: check_dpo(args.model, preset, args.device, args.out))]
     rows, failed = [], 0

@@ -28,6 +28,7 @@ def test_every_check_runs_on_a_cpu_up_to_cuda(ptb_available, domain_data, tiny_l
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert [r["check"] for r in report["rows"]] == ["train rnn", "train gru", "train lstm", "train transformer",
+                                                    "train rnn scratch", "train gru scratch", "train lstm scratch",
                                                     f"finetune {tiny_llama}", f"dpo {tiny_llama}"]
     assert all("error" not in r for r in report["rows"]) and "gpu-check: passed" in done.stdout
-    assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] for r in report["rows"][:5])
+    assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] for r in report["rows"][:8])
