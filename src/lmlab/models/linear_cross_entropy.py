@@ -24,7 +24,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets):
         valid = targets != IGNORE
-        scale = 1.0 / max(int(valid.sum()), 1)  # the mean over the scored targets, as F.cross_entropy
+        # The mean over the scored targets, as F.cross_entropy; a tensor, so torch.compile needs no graph break.
+        scale = 1.0 / valid.sum().clamp(min=1)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight)
         grad_bias = None if bias is None else torch.zeros_like(bias)
