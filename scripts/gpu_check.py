@@ -4,7 +4,7 @@ presets replace by cuDNN's, for a third as many), one fine-tuning run and one DP
 throughput and MFU against the GPU's bf16 matrix-multiply peak measured in the same run. Any error, CUDA-only
 ones included, fails the check loudly (non-zero exit, the error printed). About 5-8 minutes on one H100.
 
-    python scripts/gpu_check.py [--steps 300] [--model smollm2-135m] [--out runs/gpu-check]
+    python scripts/gpu_check.py [--steps 300] [--model smollm2-135m] [--out runs/gpu-check] [--only finetune dpo]
     python scripts/gpu_check.py --device cpu --smoke      # the same code path on a CPU, tiny settings (tests)
 
 MFU: PTB models count matmul FLOPs per token as benchmarks/train_throughput.py does (3 x forward); the
@@ -97,6 +97,8 @@ def main() -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--out", type=Path, default=Path("runs/gpu-check"))
     parser.add_argument("--smoke", action="store_true", help="smoke presets and 2 steps (the CPU test of this script)")
+    parser.add_argument("--only", nargs="+", metavar="PREFIX",
+                        help="run only the checks whose name starts with one of these (e.g. finetune dpo)")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu-check: FAILED: no CUDA device is visible to torch (check the driver and a CUDA build of torch)")
@@ -118,6 +120,8 @@ def main() -> int:
                 for a in ("rnn", "gru", "lstm")),
               (f"finetune {args.model}", lambda: check_finetune(args.model, preset, args.device, args.out, peak)),
               (f"dpo {args.model}", lambda: check_dpo(args.model, preset, args.device, args.out))]
+    if args.only:
+        checks = [(label, check) for label, check in checks if label.startswith(tuple(args.only))]
     rows, failed = [], 0
     for label, check in checks:
         started = time.perf_counter()
