@@ -8,10 +8,10 @@ is fair to whatever machine runs it. Model FLOPs count matmuls only, forward + b
 - transformer: per token per layer 2·(4·d² + 2·d·d_ff) + 2·2·T·d attention (QKᵀ and AV over the full T×T
   matrix, which is what is computed), + 2·d·V for the output layer.
 
-Each step is a full optimiser step (forward, cross-entropy, backward, clipping, SGD/AdamW update) on the
-preset's batch shape, without DropConnect unless ``--weight-drop`` keeps each preset's (the LSTM's 0.2): both
-twins then draw one mask of the hidden-to-hidden weights per step, the same function (tested), so the rows
-show what DropConnect costs each. The output layer and the cross-entropy run as the models train them (one fused
+Each step is a full optimiser step (forward, cross-entropy, backward, clipping, and the preset's own SGD or
+AdamW update, as ``lmlab train`` builds it) on the preset's batch shape, without DropConnect unless
+``--weight-drop`` keeps each preset's (the LSTM's 0.2): both twins then draw one mask of the hidden-to-hidden
+weights per step, the same function (tested), so the rows show what DropConnect costs each. The output layer and the cross-entropy run as the models train them (one fused
 op on CPU, `lmlab.models.linear_cross_entropy`); ``--plain-loss`` times them as ``F.linear`` + ``F.cross_entropy``
 instead, the baseline of that fusion. ``--compile`` adds a row per model with the scratch model under ``torch.compile`` (its CPU
 backend generates fused C++/OpenMP kernels for the element-wise chains). ``--profile`` prints, per model, where
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from lmlab.config import load_train, to_dict
 from lmlab.families import build_model
 from lmlab.models import parameter_counts
+from lmlab.recipes.train import make_optimizer
 
 VOCAB = 10_000
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -68,12 +69,12 @@ SOFTMAX_CE = ("aten::logsumexp", "aten::exp_", "aten::_log_softmax", "aten::_log
               "aten::nll_loss_backward", "aten::_softmax", "aten::_softmax_backward_data")
 
 
-def make_step(cfg: dict, compiled: bool = False, plain_loss: bool = False):
-    """(one training step as a function, tokens per step) on random tokens of the preset's batch shape."""
+def make_step(cfg: dict, optim, compiled: bool = False, plain_loss: bool = False):
+    """(one training step as a function, tokens per step) on random tokens of the preset's batch shape, with the
+    optimiser a run of the preset trains with (``optim``: its typed optim config)."""
     torch.manual_seed(0)
     model = build_model(cfg["model"], VOCAB)
-    opt = (torch.optim.SGD(model.parameters(), lr=1e-3) if cfg["optim"]["name"] == "sgd"
-           else torch.optim.AdamW(model.parameters(), lr=1e-4))
+    opt = make_optimizer(model, optim)
     if cfg["model"]["arch"] == "transformer":
         shape = (cfg["data"]["batch_size"], cfg["model"]["context_length"])
     else:
@@ -97,8 +98,8 @@ def make_step(cfg: dict, compiled: bool = False, plain_loss: bool = False):
     return step, x.numel()
 
 
-def step_throughput(cfg: dict, steps: int, compiled: bool = False, plain_loss: bool = False) -> float:
-    step, tokens = make_step(cfg, compiled, plain_loss)
+def step_throughput(cfg: dict, optim, steps: int, compiled: bool = False, plain_loss: bool = False) -> float:
+    step, tokens = make_step(cfg, optim, compiled, plain_loss)
     for _ in range(3):  # warm-up (and, compiled, the compilation)
         step()
     start = time.perf_counter()
@@ -107,9 +108,9 @@ def step_throughput(cfg: dict, steps: int, compiled: bool = False, plain_loss: b
     return tokens * steps / (time.perf_counter() - start)
 
 
-def profile(cfg: dict, steps: int, plain_loss: bool = False) -> dict[str, float]:
+def profile(cfg: dict, optim, steps: int, plain_loss: bool = False) -> dict[str, float]:
     """Share of a scratch step's wall time per bucket (see the module docstring)."""
-    step, _ = make_step(cfg, plain_loss=plain_loss)
+    step, _ = make_step(cfg, optim, plain_loss=plain_loss)
     return profile_shares(step, steps, {"matmul": MATMUL, "softmax + cross-entropy": SOFTMAX_CE})
 
 
@@ -172,19 +173,20 @@ def main() -> None:
     for model in args.models:
         results = {}
         for impl in ("nn", "scratch", "compiled") if args.compile else ("nn", "scratch"):
-            cfg = to_dict(load_train(model, args.preset))
+            typed = load_train(model, args.preset)
+            cfg = to_dict(typed)
             cfg["model"]["impl"] = "nn" if impl == "nn" else "scratch"
             if "weight_drop" in cfg["model"] and not args.weight_drop:
                 cfg["model"]["weight_drop"] = 0.0
             params = parameter_counts(build_model(cfg["model"], VOCAB))["total"]
-            tok_s = step_throughput(cfg, args.steps, compiled=impl == "compiled", plain_loss=args.plain_loss)
+            tok_s = step_throughput(cfg, typed.optim, args.steps, compiled=impl == "compiled", plain_loss=args.plain_loss)
             flops = flops_per_token(cfg)
             results[impl] = tok_s
             ratio = f"{results['nn'] / tok_s:.2f}x" if impl != "nn" else ""
             print(f"{model:<12} {impl:<8} {params:>10,} {flops / 1e9:>12.4f} {tok_s:>10,.0f} "
                   f"{flops * tok_s / 1e9:>8.1f} {flops * tok_s / peak:>6.1%}  {ratio}", flush=True)
             if args.profile and impl == "scratch":
-                profiles[model] = profile(cfg, max(3, args.steps // 2), args.plain_loss)
+                profiles[model] = profile(cfg, typed.optim, max(3, args.steps // 2), args.plain_loss)
     if profiles:
         print_profile(profiles, "where a scratch training step's wall time goes (torch.profiler self time; shares of the step)")
 
