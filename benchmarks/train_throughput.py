@@ -8,19 +8,20 @@ is fair to whatever machine runs it. Model FLOPs count matmuls only, forward + b
 - transformer: per token per layer 2·(4·d² + 2·d·d_ff) + 2·2·T·d attention (QKᵀ and AV over the full T×T
   matrix, which is what is computed), + 2·d·V for the output layer.
 
-Each step is a full optimiser step (forward, cross-entropy, backward, clipping, and the preset's own SGD or
-AdamW update, as ``lmlab train`` builds it) on the preset's batch shape, without DropConnect unless
-``--weight-drop`` keeps each preset's (the LSTM's 0.2): both twins then draw one mask of the hidden-to-hidden
-weights per step, the same function (tested), so the rows show what DropConnect costs each. The output layer and the cross-entropy run as the models train them (one fused
-op on CPU, `lmlab.models.linear_cross_entropy`); ``--plain-loss`` times them as ``F.linear`` + ``F.cross_entropy``
-instead, the baseline of that fusion. ``--compile`` adds a row per model with the scratch model under ``torch.compile`` (its CPU
-backend generates fused C++/OpenMP kernels for the element-wise chains). ``--profile`` prints, per model, where
-a scratch step's time goes (torch.profiler self time, bucketed): matmuls (the FLOPs MFU counts), softmax and
+Each step is a full optimiser step (forward, cross-entropy, backward, clipping, and the preset's own SGD or AdamW
+update, as ``lmlab train`` builds it) on the preset's batch shape, without DropConnect unless ``--weight-drop``
+keeps each preset's (the LSTM's 0.2): both twins then draw one mask of the hidden-to-hidden weights per step, the
+same function (tested), so the rows show what DropConnect costs each. The output layer and the cross-entropy run as
+the models train them (one fused op on CPU, `lmlab.models.linear_cross_entropy`); ``--plain-loss`` times them as
+``F.linear`` + ``F.cross_entropy`` instead, the baseline of that fusion, and ``--loss-chunk 128`` the fused op at
+its earlier chunk size. ``--compile`` adds a row per model with the scratch model under ``torch.compile`` (its CPU
+backend generates fused C++/OpenMP kernels for the element-wise chains). ``--profile`` prints, per model, where a
+scratch step's time goes (torch.profiler self time, bucketed): matmuls (the FLOPs MFU counts), softmax and
 cross-entropy over the vocabulary, the other element-wise and memory ops, the optimiser and clipping, and the
 Python time between operators (the step's wall time less its operators' time).
 
     python benchmarks/train_throughput.py [--preset cpu] [--threads 2] [--steps 20] [--weight-drop] [--plain-loss]
-                                          [--compile] [--profile]
+                                          [--loss-chunk 128] [--compile] [--profile]
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 
 from lmlab.config import load_train, to_dict
 from lmlab.families import build_model
-from lmlab.models import parameter_counts
+from lmlab.models import linear_cross_entropy, parameter_counts
 from lmlab.recipes.train import make_optimizer
 
 VOCAB = 10_000
@@ -159,15 +160,19 @@ def main() -> None:
                         help="keep each preset's DropConnect (model.weight_drop) instead of timing the plain recurrence")
     parser.add_argument("--plain-loss", action="store_true",
                         help="time the output layer and cross-entropy as F.linear + F.cross_entropy, not the fused op")
+    parser.add_argument("--loss-chunk", type=int, default=linear_cross_entropy.CHUNK,
+                        help="rows per chunk of the fused op (its baseline before 1,024 was 128)")
     parser.add_argument("--models", nargs="+", default=["rnn", "gru", "lstm", "transformer"])
     args = parser.parse_args()
+    linear_cross_entropy.CHUNK = args.loss_chunk
     if args.threads:
         torch.set_num_threads(args.threads)
     peak = gemm_peak()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 GEMM peak (2048³): {peak / 1e9:.1f} GFLOP/s")
+    fused = f"fused output layer + cross-entropy ({args.loss_chunk}-row chunks)"
     print(f"preset {args.preset}; one training step = forward + backward + clip + optimiser update; "
           f"{'DropConnect as each preset sets it' if args.weight_drop else 'no DropConnect'}; "
-          f"{'F.linear + F.cross_entropy' if args.plain_loss else 'fused output layer + cross-entropy'}\n")
+          f"{'F.linear + F.cross_entropy' if args.plain_loss else fused}\n")
     print(f"{'model':<12} {'impl':<8} {'params':>10} {'GFLOP/token':>12} {'tokens/s':>10} {'GFLOP/s':>8} {'MFU':>6}  scratch/nn time")
     profiles = {}
     for model in args.models:

@@ -40,7 +40,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.size(0), CHUNK):
             h, t, keep = hidden[start : start + CHUNK], targets[start : start + CHUNK], valid[start : start + CHUNK]
             logits = buffer[: h.size(0)]
-            torch.mm(h, weight.t(), out=logits) if bias is None else torch.addmm(bias, h, weight.t(), out=logits)
+            if bias is None:
+                torch.mm(h, weight.t(), out=logits)
+            else:
+                torch.addmm(bias, h, weight.t(), out=logits)
             rows, safe = torch.arange(h.size(0)), t.clamp(min=0)
             target_logit = logits[rows, safe]
             # One exp pass gives both the log-normaliser and the softmax (logsumexp would take its own).
