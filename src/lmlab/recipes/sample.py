@@ -175,10 +175,8 @@ def prompt_tokens(prompt: str, model: TrainedModel) -> list[str]:
     return words
 
 
-def fluency_judges(models: list[TrainedModel], judge: TrainedModel | None) -> dict[str, TrainedModel]:
-    """Each generator's judge: the given one, else the other model with the lowest validation perplexity."""
-    if judge:
-        return {m.name: judge for m in models if m.run_dir != judge.run_dir}
+def fluency_judges(models: list[TrainedModel]) -> dict[str, TrainedModel]:
+    """Each loaded model's judge: the other model with the lowest validation perplexity (as ``run`` chooses)."""
     by_name = {m.name: m for m in models}
     return {name: by_name[other] for name, other in best_other({m.name: m.final.valid_ppl for m in models}).items()}
 

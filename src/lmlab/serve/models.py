@@ -38,7 +38,7 @@ class ModelSet:
             self.models[entry.name] = entry
             log.info("serving %s", entry.name)
         words = [m for m in self.models.values() if not isinstance(m, Pretrained)]
-        self.judges = sample.fluency_judges(words, None)  # as lmlab sample: the best other word-level model
+        self.judges = sample.fluency_judges(words)  # as lmlab sample: the best other word-level model
         self.lock = threading.Lock()
 
     def describe(self) -> list[dict]:
