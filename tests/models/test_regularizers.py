@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lmlab.families import build_model
+from lmlab.models.dropout import dropout
 from lmlab.training.step import optimizer_step
 
 V = 40
@@ -32,7 +32,7 @@ def test_weight_drop_is_the_twin_with_one_masked_recurrent_weight_per_window(arc
     torch.manual_seed(7)
     logits, _ = scratch(x, scratch.initial_state(3, scratch.encoder.weight))
     torch.manual_seed(7)  # the same draws, in the same order: one mask per layer per call
-    masks = [F.dropout(torch.ones_like(layer.weight_hh_l0), 0.4, True) for layer in scratch.layers]
+    masks = [dropout(torch.ones_like(layer.weight_hh_l0), 0.4) for layer in scratch.layers]
     assert all(0 < (m == 0).sum() < m.numel() for m in masks)
     with torch.no_grad():
         for layer, mask in zip(twin.layers, masks):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+
+from lmlab.models.dropout import dropout
 
 
 class _DropConnect:
@@ -19,7 +20,7 @@ class _DropConnect:
     def forward(self, x, state):
         if not self.training or not self.weight_drop or self._masking:
             return super().forward(x, state)
-        masked = F.dropout(self.weight_hh_l0, self.weight_drop, True)
+        masked = dropout(self.weight_hh_l0, self.weight_drop, True)
         self._masking = True
         try:
             return functional_call(self, {"weight_hh_l0": masked}, (x, state))

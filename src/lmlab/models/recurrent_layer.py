@@ -7,8 +7,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from lmlab.models.dropout import dropout
 
 
 class RecurrentLayer(nn.Module):
@@ -35,9 +36,11 @@ class RecurrentLayer(nn.Module):
     def recurrent_weight(self, like: torch.Tensor) -> torch.Tensor:
         """W_hh, with DropConnect while training (Wan et al. 2013, as AWD-LSTM uses it, Merity et al. 2018): one
         mask per call, so per BPTT window, shared by every step and column. Dropping recurrent *weights* rather
-        than activations regularises the recurrence without disturbing the fast per-step kernels.
+        than activations regularises the recurrence without disturbing the fast per-step kernels. The mask is
+        :func:`lmlab.models.dropout.dropout`'s (0.7 ms for the LSTM preset's 1,024 x 256 W_hh against 2.5 ms
+        for ``F.dropout``'s Bernoulli draws, 2 threads), the one the ``torch.nn`` twins draw too.
 
         In ``like``'s dtype: under autocast the input projections come out in bf16/fp16, and the hand-written
         backward passes multiply their gradients by W_hh outside autocast, so the recurrence must run in one
         dtype throughout (as cuDNN's does); the cast's own backward returns W_hh's gradient in fp32."""
-        return F.dropout(self.weight_hh_l0, self.weight_drop, self.training).to(like.dtype)
+        return dropout(self.weight_hh_l0, self.weight_drop, self.training).to(like.dtype)
