@@ -39,11 +39,12 @@ class ElmanRecurrence(torch.autograd.Function):
         slope = 1 - hs[1:] * hs[1:]
         d_pre = torch.empty_like(slope)
         dh = d_h_last.clone() if d_h_last is not None else hs.new_zeros(batch, hidden)
+        if d_out is not None:
+            dh += d_out[steps - 1]
         for t in reversed(range(steps)):
-            if d_out is not None:
-                dh += d_out[t]
             torch.mul(dh, slope[t], out=d_pre[t])
-            dh = d_pre[t] @ w_hh
+            # the output gradient of step t-1 enters as the matmul's addend
+            dh = d_pre[t] @ w_hh if t == 0 or d_out is None else torch.addmm(d_out[t - 1], d_pre[t], w_hh)
         d_w_hh = d_pre.view(steps * batch, hidden).t() @ hs[:-1].reshape(steps * batch, hidden)
         return d_pre, dh, d_w_hh
 
