@@ -73,3 +73,32 @@ def test_models_targets_path_matches_logits_path_with_tied_weights(arch):
     torch.testing.assert_close(loss_b, loss_a, rtol=1e-6, atol=0)
     for name, grad in grads_a.items():  # the tied embedding gets both its input and its output gradient
         torch.testing.assert_close(grads_b[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_reused_logits_buffer_serves_calls_of_any_size():
+    """The buffer kept between calls grows to the largest chunk and is reused: a larger call, then a smaller one
+    (which sees the larger call's stale logits in its buffer), both still equal the two-op version."""
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(300, 24, generator=g) * 0.3
+    for rows in (lce.CHUNK + 5, 33):
+        hidden = torch.randn(rows, 24, generator=g)
+        targets = torch.randint(0, 300, (rows,), generator=g)
+        (loss_a, grads_a), (loss_b, grads_b) = _plain_and_fused(hidden, weight, None, targets)
+        torch.testing.assert_close(loss_b, loss_a, rtol=1e-6, atol=0)
+        torch.testing.assert_close(grads_b[0], grads_a[0], rtol=1e-5, atol=1e-7)
+    buffer = lce._workspace[(torch.device("cpu"), torch.float32)]
+    assert buffer.numel() >= lce.CHUNK * 300
+    assert lce._logits_buffer(hidden, 4, 300).data_ptr() == buffer.data_ptr()
+
+
+def test_under_torch_compile_it_equals_the_two_op_version():
+    g = torch.Generator().manual_seed(2)
+    hidden, weight = torch.randn(40, 8, generator=g), torch.randn(30, 8, generator=g)
+    bias, targets = torch.randn(30, generator=g), torch.randint(0, 30, (40,), generator=g)
+    leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+    loss = torch.compile(lambda h, w, b: lce.linear_cross_entropy(h * 1.0, w, b, targets))(*leaves)
+    (3.0 * loss).backward()  # as _plain_and_fused
+    (plain_loss, plain_grads), _ = _plain_and_fused(hidden, weight, bias, targets)
+    torch.testing.assert_close(loss.detach(), plain_loss, rtol=1e-5, atol=1e-6)
+    for got, want in zip((t.grad for t in leaves), plain_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
