@@ -66,6 +66,26 @@ def test_sample_cli_side_by_side_with_statistics_and_oov_warning(tiny_runs, tmp_
     assert {(e["model"], e["strategy"]) for e in result["summary"]} == {
         (m, st) for m in ("rnn", "lstm", "transformer") for st in ("greedy", "top-k k=40 T=1")}
     assert "| transformer | top-k k=40 T=1 | 4 |" in captured.out
+    for e in result["summary"]:  # two greedy and four top-k samples per model: each mean gets its interval
+        low, high = e["fluency_ppl_ci95"]
+        assert low <= e["fluency_ppl"] <= high
+        assert f"{e['fluency_ppl']:.1f} [{low:.1f}, {high:.1f}]" in captured.out
+
+
+def test_fluency_interval_is_the_bootstrap_of_the_samples():
+    from lmlab.metrics.bootstrap import bootstrap_mean_ci
+    from lmlab.recipes.sample import summarise
+
+    stats = {"distinct_1": 1.0, "distinct_2": 1.0, "distinct_3": 1.0, "repeated_4gram_rate": 0.0,
+             "longest_repeated_span": 1, "unk_rate": 0.0, "mean_sentence_length": 5.0}
+    fluency = [10.0, 20.0, 30.0, 100.0]
+    rows = [{"model": "m", "strategy": "top-k", "stats": dict(stats, fluency_ppl=f)} for f in fluency]
+    (entry,) = summarise(rows)
+    assert entry["fluency_ppl"] == 40.0
+    assert entry["fluency_ppl_ci95"] == bootstrap_mean_ci(fluency)
+    assert entry["fluency_ppl_ci95"][0] < 40.0 < entry["fluency_ppl_ci95"][1]
+    (single,) = summarise(rows[:1])  # one sample: a mean but no interval
+    assert single["fluency_ppl"] == 10.0 and single["fluency_ppl_ci95"] is None
 
 
 def test_empty_prompt_starts_from_eos_and_bad_settings_are_one_line(tiny_runs, capsys):

@@ -21,6 +21,7 @@ from lmlab.data.vocab import EOS
 from lmlab.errors import LmlabError
 from lmlab.families import PRETRAINED
 from lmlab.generation import SamplingSettings, generate
+from lmlab.metrics.bootstrap import bootstrap_mean_ci
 from lmlab.metrics.perplexity import perplexity
 from lmlab.metrics.text_stats import text_statistics
 from lmlab.trained import TrainedModel, finished_run, is_run, load_trained
@@ -202,6 +203,8 @@ def _fluency(judge: TrainedModel | None, prompt_words: list[str], words: list[st
 
 
 def summarise(rows: list[dict]) -> list[dict]:
+    """Per (model, strategy): the mean of each statistic, and a 95% bootstrap interval of the mean fluency
+    (samples resampled; none for a single sample, e.g. greedy decoding of one prompt)."""
     groups = defaultdict(list)
     for r in rows:
         groups[(r["model"], r["strategy"])].append(r)
@@ -211,5 +214,8 @@ def summarise(rows: list[dict]) -> list[dict]:
         for key in STAT_KEYS:
             values = [g["stats"][key] for g in group if g["stats"][key] is not None]
             entry[key] = sum(values) / len(values) if values else None
+        # Fluency is what the models are ranked by, on a dozen samples at most: give the mean its interval.
+        fluency = [g["stats"]["fluency_ppl"] for g in group if g["stats"]["fluency_ppl"] is not None]
+        entry["fluency_ppl_ci95"] = bootstrap_mean_ci(fluency) if len(fluency) > 1 else None
         summary.append(entry)
     return summary

@@ -33,9 +33,11 @@ def side_by_side(rows: list[dict]) -> str:
 
 def summary_table(summary: list[dict]) -> str:
     lines = ["", "| model | strategy | n | distinct-1 | distinct-2 | distinct-3 | rep. 4-gram | longest rep. | <unk> rate | "
-             "sent. length | fluency ppl |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "sent. length | fluency ppl [95% CI] |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for e in summary:
         fluency = f"{e['fluency_ppl']:.1f}" if e["fluency_ppl"] is not None else "–"
+        if e.get("fluency_ppl_ci95"):
+            fluency += " [{:.1f}, {:.1f}]".format(*e["fluency_ppl_ci95"])
         lines.append(f"| {e['model']} | {e['strategy']} | {e['samples']} | {e['distinct_1']:.2f} | {e['distinct_2']:.2f} | "
                      f"{e['distinct_3']:.2f} | {e['repeated_4gram_rate']:.2f} | {e['longest_repeated_span']:.1f} | "
                      f"{e['unk_rate']:.1%} | {e['mean_sentence_length']:.1f} | {fluency} |")
