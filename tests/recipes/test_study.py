@@ -164,9 +164,20 @@ def test_a_retrained_model_alone_is_evaluated_and_sampled_again(ptb_available, t
     assert len(set(judge_of.values())) == 2 and all(judge != model for model, judge in judge_of.items())
 
     loads.clear()
+    skipped = []
+    monkeypatch.setattr(runner, "skip", lambda name, where: skipped.append(name))
     study.eval_step(runner, config, "smoke")
     study.sample_step(runner, config, "smoke")
-    assert loads == []  # nothing changed: both steps skip
+    assert loads == [] and skipped == ["eval", "sample"]  # nothing changed: both steps skip
+
+    older = json.loads(layout.samples.read_text())  # as written before the summary had a statistic it has now
+    for entry in older["summary"]:
+        del entry["fluency_ppl_ci95"]
+    layout.samples.write_text(json.dumps(older))
+    study.sample_step(runner, config, "smoke")
+    assert loads == [] and skipped == ["eval", "sample"]  # the summary is made again, without loading a model
+    assert json.loads(layout.samples.read_text())["samples"] == first_samples
+    assert all("fluency_ppl_ci95" in e for e in json.loads(layout.samples.read_text())["summary"])
 
     final = layout.ptb_run("transformer") / "final.json"  # trained again: same numbers, another final.json
     final.write_text(json.dumps(json.loads(final.read_text()), indent=1))

@@ -18,6 +18,7 @@ study.log.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import time
@@ -173,11 +174,13 @@ def sample_step(runner: Steps, study: StudyConfig, preset: str) -> None:
     """The same prompts to every PTB model. Samples are kept while made from the model's current training, and
     judged again only where the judge (the best other model) or its training changed."""
     layout, cfg = runner.layout, study.sample
-    previous = rundir.read_json(layout.samples)["samples"] if layout.samples.is_file() else []
+    previous = rundir.read_json(layout.samples) if layout.samples.is_file() else {"samples": []}
     settings = [SamplingSettings(**s, max_tokens=cfg.max_tokens) for s in cfg.strategies]
     result = sample.run([layout.ptb_run(a) for a in study.train.models], cfg.prompts, settings, seed=cfg.seed,
-                        samples=cfg.samples, previous=previous)
-    if result["samples"] == previous:
+                        samples=cfg.samples, previous=previous["samples"])
+    # The same samples and the same summary of them (a new statistic rewrites the file); compared as JSON, which
+    # is what the file holds (a tuple in ``result`` reads back as a list).
+    if json.loads(json.dumps(result)) == previous:
         return runner.skip("sample", layout.samples)
     log.info("[sample] %d prompts x %d strategies", len(cfg.prompts), len(cfg.strategies))
     rundir.write_json(layout.samples, result)
