@@ -82,7 +82,7 @@ def test_fluency_interval_is_the_bootstrap_of_the_samples():
     rows = [{"model": "m", "strategy": "top-k", "stats": dict(stats, fluency_ppl=f)} for f in fluency]
     (entry,) = summarise(rows)
     assert entry["fluency_ppl"] == 40.0
-    assert entry["fluency_ppl_ci95"] == bootstrap_mean_ci(fluency)
+    assert entry["fluency_ppl_ci95"] == list(bootstrap_mean_ci(fluency))
     assert entry["fluency_ppl_ci95"][0] < 40.0 < entry["fluency_ppl_ci95"][1]
     (single,) = summarise(rows[:1])  # one sample: a mean but no interval
     assert single["fluency_ppl"] == 10.0 and single["fluency_ppl_ci95"] is None

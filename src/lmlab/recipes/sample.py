@@ -214,8 +214,9 @@ def summarise(rows: list[dict]) -> list[dict]:
         for key in STAT_KEYS:
             values = [g["stats"][key] for g in group if g["stats"][key] is not None]
             entry[key] = sum(values) / len(values) if values else None
-        # Fluency is what the models are ranked by, on a dozen samples at most: give the mean its interval.
+        # Fluency is what the models are ranked by, on a dozen samples at most: give the mean its interval (a
+        # list, as samples.json holds it, so a summary made again compares equal to the one read back).
         fluency = [g["stats"]["fluency_ppl"] for g in group if g["stats"]["fluency_ppl"] is not None]
-        entry["fluency_ppl_ci95"] = bootstrap_mean_ci(fluency) if len(fluency) > 1 else None
+        entry["fluency_ppl_ci95"] = list(bootstrap_mean_ci(fluency)) if len(fluency) > 1 else None
         summary.append(entry)
     return summary

@@ -18,7 +18,6 @@ study.log.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 import time
@@ -178,9 +177,7 @@ def sample_step(runner: Steps, study: StudyConfig, preset: str) -> None:
     settings = [SamplingSettings(**s, max_tokens=cfg.max_tokens) for s in cfg.strategies]
     result = sample.run([layout.ptb_run(a) for a in study.train.models], cfg.prompts, settings, seed=cfg.seed,
                         samples=cfg.samples, previous=previous["samples"])
-    # The same samples and the same summary of them (a new statistic rewrites the file); compared as JSON, which
-    # is what the file holds (a tuple in ``result`` reads back as a list).
-    if json.loads(json.dumps(result)) == previous:
+    if result == previous:  # the same samples and the same summary of them (a new statistic rewrites the file)
         return runner.skip("sample", layout.samples)
     log.info("[sample] %d prompts x %d strategies", len(cfg.prompts), len(cfg.strategies))
     rundir.write_json(layout.samples, result)
