@@ -4,6 +4,8 @@ against the same code from another source tree, alternating in one process.
 A change to a recurrent loop moves the full training step by a few percent, less than this machine's speed
 moves between runs of ``train_throughput.py``; timed alone and alternated with its baseline, the loop's own
 gain is measurable. Shapes are the ``cpu`` presets' (35 steps x 20 columns; hidden 320 / 272 / 256).
+Only each layer's own file is taken from the baseline tree; what it imports (``lmlab.models.recurrent_layer``)
+comes from the installed lmlab, so a change outside those files is not compared.
 
     git worktree add /tmp/baseline <commit>
     python benchmarks/recurrence_ab.py --baseline /tmp/baseline/src [--threads 2] [--rounds 9]
