@@ -122,6 +122,30 @@ def test_a_full_disk_mid_checkpoint_leaves_a_run_that_resumes_exactly(tiny_corpu
     assert [r["valid_loss"] for r in a] == pytest.approx([r["valid_loss"] for r in b], rel=1e-9)
 
 
+def test_a_stop_between_the_last_checkpoint_and_its_metrics_row_resumes_to_a_finished_run(tiny_corpus, tmp_path,
+                                                                                           monkeypatch):
+    """The run's last epoch saved last.pt, then stopped before metrics.jsonl had its row: the resume has no steps
+    left to train, and still finishes with that epoch's row (kept in the checkpoint), final.json and curves."""
+    from lmlab.training import checkpoint
+
+    real = checkpoint.save
+
+    def stopped_after_saving(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    run, steps = tmp_path / "run", ("--set", "train.steps=10")  # one epoch, which is also the last
+    monkeypatch.setattr(checkpoint, "save", stopped_after_saving)
+    assert train(tiny_corpus, run, *steps) == 130
+    assert not (run / "metrics.jsonl").is_file() and not (run / "final.json").is_file()
+    monkeypatch.setattr(checkpoint, "save", real)
+    assert train(tiny_corpus, run, *steps, "--resume") == 0
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 10)]
+    final = json.loads((run / "final.json").read_text())
+    assert final["epochs"] == 1 and final["status"] == "finished" and (run / "curves.png").is_file()
+
+
 # --- 4. corpus checksums --------------------------------------------------------------------------------------
 
 def test_a_corrupted_corpus_file_is_refused_with_its_name(ptb_available, tmp_path, capsys, monkeypatch):

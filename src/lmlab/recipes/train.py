@@ -225,7 +225,10 @@ def _restore(run: _Run) -> None:
     run.best.load_state_dict(run.progress.pop("best"))
     run.average.load_state_dict(run.progress.pop("average", None), run.net)
     lifecycle.refuse_if_done(run.out, run.progress["epoch"], run.cfg.train.epochs, "epochs", "train.epochs")
+    row = run.progress.pop("row", None)  # the checkpoint's own epoch (absent from checkpoints before it was kept)
     run.metrics.keep(lambda r: r["epoch"] <= run.progress["epoch"])  # an epoch logged after the checkpoint reruns
+    if row and not any(r["epoch"] == row["epoch"] for r in run.metrics.rows()):
+        run.metrics.log(row, row["epoch"], prefix="epoch/")  # stopped between the checkpoint and its row
     log.info("resuming %s after epoch %d (best validation loss %.4f)", run.out, run.progress["epoch"], run.best.loss)
 
 
@@ -266,7 +269,7 @@ def _epochs(run: _Run) -> tuple[str, str | None]:
                                                                "valid_loss": row["valid_loss"],
                                                                "weights": weights.name})
             checkpoint.save(run.out / rundir.LAST, run.net.state_dict(), run.optimizer, run.sched,
-                            dict(progress, best=run.best.state_dict(), average=run.average.state_dict()))
+                            dict(progress, best=run.best.state_dict(), average=run.average.state_dict(), row=row))
             run.metrics.log(row, epoch, prefix="epoch/")
             log.info("epoch %3d | train ppl %8.2f | valid ppl %8.2f%s%s | lr %.3g | %s tok/s | %.0f s", epoch,
                      row["train_ppl"], row["valid_ppl"], " *" if improved else "  ",
