@@ -51,6 +51,25 @@ def test_batchify_makes_contiguous_columns():
     assert list(bptt_windows(5, 2)) == [(0, 2), (2, 2), (4, 1)]
 
 
+def _variable(total, seed):
+    return list(bptt_windows(total, 35, torch.Generator().manual_seed(seed)))
+
+
+def test_variable_bptt_windows_cover_the_stream_once_and_move_the_cuts_from_epoch_to_epoch():
+    total = 100_000
+    windows = _variable(total, 1)
+    starts = [start for start, _ in windows]
+    lengths = [length for _, length in windows]
+    assert starts == [0, *torch.tensor(lengths[:-1]).cumsum(0).tolist()] and sum(lengths) == total
+    assert min(lengths[:-1]) >= 5  # (only the last window may be cut shorter by the stream's end)
+    # N(35, 5) truncated to an integer, and N(17.5, 5) one time in twenty: a mean of about 33.6
+    assert 33.0 < sum(lengths) / len(lengths) < 34.3
+    assert 0.02 < sum(length < 26 for length in lengths) / len(lengths) < 0.09
+    assert _variable(total, 1) == windows  # the same draw from the same seed (a replay, a resume)
+    cuts, other_cuts = set(starts), {start for start, _ in _variable(total, 2)}
+    assert len(cuts & other_cuts) < 0.1 * len(cuts)  # another epoch cuts the stream elsewhere
+
+
 def test_padded_batches_hold_every_target_exactly_once():
     x = torch.arange(11)
     xs, ys = batchify_padded(x, x, 3)

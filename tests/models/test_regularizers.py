@@ -86,6 +86,10 @@ def test_activation_and_temporal_regularisation_follow_their_formulas_and_reach_
         def loss(m, inputs, targets):
             return m(inputs, m.initial_state(3, m.encoder.weight), targets=targets)[0]
 
+        @staticmethod
+        def lr_scale(targets):
+            return 1.0
+
     plain = model("lstm").train()
     regularised = model("lstm", activation_reg=2.0, temporal_reg=1.0).train()
     steps = []

@@ -40,6 +40,7 @@ class WordData:
     corpus: str
     batch_size: int = key(min=1)
     bptt: int = key(min=1)                 # recurrent families: steps of truncated BPTT
+    variable_bptt: bool                    # recurrent families: AWD-LSTM's window lengths around bptt
     eval_batch_size: int = key(min=1)
     eval_stride: int = key(min=0)          # transformer: sliding-window stride (0 = half the context)
     max_train_tokens: int = key(min=0)

@@ -47,10 +47,25 @@ def batchify_padded(inputs: torch.Tensor, targets: torch.Tensor, batch_size: int
     return inputs.view(batch_size, steps).t().contiguous(), targets.view(batch_size, steps).t().contiguous()
 
 
-def bptt_windows(total_steps: int, bptt: int):
-    """Start and length of each BPTT window over ``total_steps`` time steps."""
-    for start in range(0, total_steps, bptt):
-        yield start, min(bptt, total_steps - start)
+def bptt_windows(total_steps: int, bptt: int, generator: torch.Generator | None = None):
+    """Start and length of each BPTT window over ``total_steps`` time steps.
+
+    With a ``generator``, window lengths vary as in AWD-LSTM (Merity, Keskar & Socher 2018, sec. 4.1): each is
+    drawn from N(bptt, 5), or N(bptt/2, 5) with probability 0.05, truncated to an integer of at least 5. With
+    fixed windows every epoch cuts the stream at the same tokens, so the token after a cut never has a gradient
+    path into the tokens before it; varying the lengths moves the cuts from epoch to epoch.
+    """
+    start = 0
+    while start < total_steps:
+        length = bptt if generator is None else _variable_length(bptt, generator)
+        length = min(length, total_steps - start)
+        yield start, length
+        start += length
+
+
+def _variable_length(bptt: int, generator: torch.Generator) -> int:
+    mean = bptt if float(torch.rand((), generator=generator)) < 0.95 else bptt / 2
+    return max(5, int(torch.normal(float(mean), 5.0, (1,), generator=generator)))
 
 
 # --- transformer: fixed-length context windows ----------------------------------------------------------

@@ -21,6 +21,9 @@ class Batches(Protocol):
     def loss(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean token cross-entropy of a batch (a recurrent family carries its state to the next batch)."""
 
+    def lr_scale(self, y: torch.Tensor) -> float:
+        """The factor on the learning rate for this batch's update (1 unless its length varies)."""
+
 
 class Family(Protocol):
     name: str

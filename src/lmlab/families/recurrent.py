@@ -27,14 +27,18 @@ class RecurrentFamily(WordLevelScoring):
 
     def steps_per_epoch(self, n_tokens, data, model):
         column = n_tokens // data.batch_size
-        return math.ceil(column / data.bptt) if column >= 2 else 0
+        if column < 2:
+            return 0
+        if data.variable_bptt:  # each epoch draws its own lengths: count one draw's windows (within ~1%)
+            return sum(1 for _ in bptt_windows(column, data.bptt, torch.Generator().manual_seed(0)))
+        return math.ceil(column / data.bptt)
 
     def too_small(self, n_tokens, data):
         return (f"the training split ({n_tokens:,} tokens) is too small for one batch of {data.batch_size} "
                 "columns: lower data.batch_size, or use more data")
 
     def train_batches(self, net, stream, data, epoch, seed, runtime):
-        return _Columns(net, stream, data, runtime)
+        return _Columns(net, stream, data, epoch, seed, runtime)
 
     def score_settings(self, data):
         return {"batch_size": data.eval_batch_size, "bptt": data.bptt}
@@ -75,18 +79,25 @@ class RecurrentFamily(WordLevelScoring):
 
 
 class _Columns:
-    """BPTT windows over this process's columns; the state of one window starts the next (detached)."""
+    """BPTT windows over this process's columns; the state of one window starts the next (detached). With
+    ``data.variable_bptt`` the window lengths of an epoch are drawn from (seed, epoch), the same on every process."""
 
-    def __init__(self, net, stream, data, runtime):
+    def __init__(self, net, stream, data, epoch, seed, runtime):
         xs, ys = batchify(*stream, data.batch_size)
         cols = shard(data.batch_size, runtime)
         self.xs, self.ys = xs[:, cols].to(runtime.device), ys[:, cols].to(runtime.device)
         self.bptt = data.bptt
+        self.lengths = torch.Generator().manual_seed(seed * 1000 + epoch) if data.variable_bptt else None
         self.state = net.initial_state(self.xs.size(1), net.encoder.weight)
 
     def __iter__(self):
-        for start, length in bptt_windows(self.xs.size(0), self.bptt):
+        for start, length in bptt_windows(self.xs.size(0), self.bptt, self.lengths):
             yield self.xs[start : start + length], self.ys[start : start + length]
+
+    def lr_scale(self, y):
+        """AWD-LSTM scales the rate by length/bptt, so that a token's update does not depend on its window's
+        length (the loss is a mean over the window's tokens)."""
+        return y.size(0) / self.bptt if self.lengths is not None else 1.0
 
     def loss(self, model, x, y):
         loss, state = model(x, self.state, targets=y)

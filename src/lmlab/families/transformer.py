@@ -95,5 +95,8 @@ class _Windows:
     def loss(self, model, x, y):
         return model(x, targets=y)
 
+    def lr_scale(self, y):
+        return 1.0
+
 
 TRANSFORMER = TransformerFamily()

@@ -224,7 +224,11 @@ def _restore(run: _Run) -> None:
     run.net.load_state_dict(weights)
     run.best.load_state_dict(run.progress.pop("best"))
     run.average.load_state_dict(run.progress.pop("average", None), run.net)
-    lifecycle.refuse_if_done(run.out, run.progress["epoch"], run.cfg.train.epochs, "epochs", "train.epochs")
+    t = run.cfg.train
+    if t.steps:
+        lifecycle.refuse_if_done(run.out, run.progress["step"], t.steps, "steps", "train.steps")
+    else:
+        lifecycle.refuse_if_done(run.out, run.progress["epoch"], t.epochs, "epochs", "train.epochs")
     row = run.progress.pop("row", None)  # the checkpoint's own epoch (absent from checkpoints before it was kept)
     run.metrics.keep(lambda r: r["epoch"] <= run.progress["epoch"])  # an epoch logged after the checkpoint reruns
     if row and not any(r["epoch"] == row["epoch"] for r in run.metrics.rows()):
@@ -235,8 +239,10 @@ def _restore(run: _Run) -> None:
 def _epochs(run: _Run) -> tuple[str, str | None]:
     """Train, validate, checkpoint, anneal or stop, epoch after epoch. Returns (status, why it diverged)."""
     cfg, rt, progress = run.cfg, run.rt, run.progress
-    epoch = progress["epoch"]
-    while epoch < cfg.train.epochs and not (cfg.train.steps and progress["step"] >= cfg.train.steps):
+    t, epoch = cfg.train, progress["epoch"]
+    # A run with a step count ends after exactly those steps, however many windows its epochs turn out to hold
+    # (data.variable_bptt draws them anew each epoch); train.epochs then only estimates the epochs.
+    while progress["step"] < t.steps if t.steps else epoch < t.epochs:
         epoch += 1
         started, first_step = time.perf_counter(), progress["step"]
         try:
