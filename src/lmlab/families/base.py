@@ -79,6 +79,12 @@ class WordLevelScoring:
         return self.token_records(model, inputs, targets, 0, **settings)["nll"]
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The random draws of one epoch's training batches (window grid, order, lengths): the same on every process,
+    and again in a replay or a resume of that epoch."""
+    return torch.Generator().manual_seed(seed * 1000 + epoch)
+
+
 def position_stats(logits: torch.Tensor, y: torch.Tensor, top: int) -> dict[str, torch.Tensor]:
     """Per position of ``logits`` (P, V) with targets ``y`` (P,): the NLL (float64; 0 where y is ignored) and,
     with ``top``, the target's rank (1 = most likely) and the ``top`` most likely ids with their log-probs."""

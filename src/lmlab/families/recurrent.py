@@ -13,7 +13,7 @@ import math
 import torch
 
 from lmlab.data.batching import batchify, batchify_padded, bptt_windows
-from lmlab.families.base import WordLevelScoring, position_stats, scored_in_eval_mode
+from lmlab.families.base import WordLevelScoring, epoch_generator, position_stats, scored_in_eval_mode
 from lmlab.models.recurrent import RecurrentLM
 from lmlab.training.runtime import shard
 
@@ -87,7 +87,7 @@ class _Columns:
         cols = shard(data.batch_size, runtime)
         self.xs, self.ys = xs[:, cols].to(runtime.device), ys[:, cols].to(runtime.device)
         self.bptt = data.bptt
-        self.lengths = torch.Generator().manual_seed(seed * 1000 + epoch) if data.variable_bptt else None
+        self.lengths = epoch_generator(seed, epoch) if data.variable_bptt else None
         self.state = net.initial_state(self.xs.size(1), net.encoder.weight)
 
     def __iter__(self):

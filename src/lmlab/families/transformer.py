@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from lmlab.data.batching import IGNORE, context_windows, sliding_windows
-from lmlab.families.base import WordLevelScoring, position_stats, scored_in_eval_mode
+from lmlab.families.base import WordLevelScoring, epoch_generator, position_stats, scored_in_eval_mode
 from lmlab.models.transformer import TransformerLM
 from lmlab.training.runtime import shard
 
@@ -80,7 +80,7 @@ class _Windows:
     """Shuffled non-overlapping context windows; the window grid shifts each epoch (same on every process)."""
 
     def __init__(self, stream, data, context, epoch, seed, runtime):
-        g = torch.Generator().manual_seed(seed * 1000 + epoch)
+        g = epoch_generator(seed, epoch)
         offset = int(torch.randint(0, context, (1,), generator=g))
         self.xs, self.ys = context_windows(*stream, context, offset)
         self.order = torch.randperm(self.xs.size(0), generator=g)

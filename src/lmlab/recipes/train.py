@@ -242,7 +242,7 @@ def _epochs(run: _Run) -> tuple[str, str | None]:
     t, epoch = cfg.train, progress["epoch"]
     # A run with a step count ends after exactly those steps, however many windows its epochs turn out to hold
     # (data.variable_bptt draws them anew each epoch); train.epochs then only estimates the epochs.
-    while progress["step"] < t.steps if t.steps else epoch < t.epochs:
+    while (progress["step"] < t.steps) if t.steps else (epoch < t.epochs):
         epoch += 1
         started, first_step = time.perf_counter(), progress["step"]
         try:
