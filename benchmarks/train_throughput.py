@@ -1,6 +1,6 @@
 """Training throughput and MFU of each model, scratch and torch.nn side by side, in one run.
 
-MFU = the model's FLOP/s in its fastest window of 5 steps ÷ the fp32 GEMM peak measured in this same run (the
+MFU = the model's FLOP/s in its fastest window of ``WINDOW`` (5) steps ÷ the fp32 GEMM peak measured in this same run (the
 fastest reading of a large square matmul, taken before and after every model): the same statistic on both
 sides, so the ratio is fair to whatever machine runs it. Model FLOPs count matmuls only, forward + backward = 3 × forward:
 
@@ -41,6 +41,7 @@ from lmlab.recipes.train import make_optimizer
 
 VOCAB = 10_000
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+WINDOW = 5  # consecutive steps per timing window: tokens/s and MFU are the fastest window's
 
 
 def gemm_peak(n: int = 2048, samples: int = 5, repeats: int = 3) -> float:
@@ -112,9 +113,8 @@ def make_step(cfg: dict, optim, compiled: bool = False, plain_loss: bool = False
     return step, x.numel()
 
 
-def step_throughput(cfg: dict, optim, steps: int, compiled: bool = False, plain_loss: bool = False,
-                    window: int = 5) -> tuple[float, float]:
-    """(tokens/s over all ``steps``, tokens/s of the fastest window of ``window`` consecutive steps). The fastest
+def step_throughput(cfg: dict, optim, steps: int, compiled: bool = False, plain_loss: bool = False) -> tuple[float, float]:
+    """(tokens/s over all ``steps``, tokens/s of the fastest window of ``WINDOW`` consecutive steps). The fastest
     window is the same statistic as the GEMM peak's fastest reading, so their ratio compares like with like on a
     machine whose speed moves; the mean is what a run of that length would see."""
     step, tokens = make_step(cfg, optim, compiled, plain_loss)
@@ -125,8 +125,9 @@ def step_throughput(cfg: dict, optim, steps: int, compiled: bool = False, plain_
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    windows = [sum(times[i:i + window]) for i in range(0, len(times) - window + 1, window)] or [sum(times)]
-    return tokens * steps / sum(times), tokens * min(len(times), window) / min(windows)
+    window = min(WINDOW, steps)
+    fastest = min(sum(times[i:i + window]) for i in range(0, steps - window + 1, window))
+    return tokens * steps / sum(times), tokens * window / fastest
 
 
 def profile(cfg: dict, optim, steps: int, plain_loss: bool = False) -> dict[str, float]:
@@ -187,8 +188,6 @@ def main() -> None:
     linear_cross_entropy.CHUNK = args.loss_chunk
     if args.threads:
         torch.set_num_threads(args.threads)
-    # The peak is measured again after every model and the best reading is the denominator: a machine whose
-    # speed moves during the run is then judged by what it did at its fastest, so MFU errs low, never high.
     peaks = [gemm_peak()]
     rows, profiles = [], {}
     for model in args.models:
@@ -216,8 +215,8 @@ def main() -> None:
     print(f"preset {args.preset}; one training step = forward + backward + clip + optimiser update; "
           f"{'DropConnect as each preset sets it' if args.weight_drop else 'no DropConnect'}; "
           f"{'F.linear + F.cross_entropy' if args.plain_loss else fused}\n")
-    print("tokens/s, GFLOP/s, MFU and the ratio: the fastest window of 5 steps (as the peak is the fastest reading); "
-          "mean: over all the steps\n")
+    print(f"tokens/s, GFLOP/s, MFU and the ratio: the fastest window of {WINDOW} steps (as the peak is the fastest "
+          "reading); mean: over all the steps\n")
     print(f"{'model':<12} {'impl':<8} {'params':>10} {'GFLOP/token':>12} {'mean tok/s':>10} {'tokens/s':>10} "
           f"{'GFLOP/s':>8} {'MFU':>6}  scratch/nn time")
     for model, impl, params, flops, mean_tok_s, tok_s, ratio in rows:
