@@ -97,6 +97,30 @@ def test_resume_keeps_the_plan(tiny_corpus, tmp_path, monkeypatch):
     assert _rows(tmp_path / "run")[-1]["step"] == train["steps"]
 
 
+def test_an_interrupted_replay_resumes_with_the_command_that_started_it(tiny_corpus, tmp_path, monkeypatch):
+    from lmlab.training import checkpoint
+
+    common = ["train", "--model", "lstm", "--preset", "smoke", "--set", f"data.corpus={tiny_corpus}",
+              "--set", "data.max_eval_tokens=0", "--threads", "1", "--set", "train.budget_minutes=0.1",
+              "--set", "train.plan=[[0,30],[10,24]]"]
+    assert main([*common, "--out", str(tmp_path / "whole")]) == 0
+    real, saves = checkpoint.save, []
+
+    def interrupted_after_the_first_epoch(*args, **kwargs):
+        real(*args, **kwargs)
+        saves.append(1)
+        if len(saves) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save", interrupted_after_the_first_epoch)
+    assert main([*common, "--out", str(tmp_path / "run")]) == 130
+    assert main([*common, "--out", str(tmp_path / "run"), "--resume"]) == 0
+    keys = ("epoch", "step", "train_loss", "valid_loss", "lr")
+    whole, resumed = _rows(tmp_path / "whole"), _rows(tmp_path / "run")
+    assert whole[-1]["step"] == 24 and len(whole) > 1
+    assert [{k: r[k] for k in keys} for r in resumed] == [{k: r[k] for k in keys} for r in whole]
+
+
 def test_a_plan_that_outlasts_its_budget_says_so(tiny_corpus, tmp_path, capsys):
     """The plan is kept when the machine slows down (so the run replays exactly), and the log says by how much."""
     assert main(["train", "--model", "lstm", "--preset", "smoke", "--set", f"data.corpus={tiny_corpus}",

@@ -62,6 +62,8 @@ def keep_recorded_plan(cfg: TrainConfig, out: Path) -> None:
 
 def run(cfg: TrainConfig, out: Path, resume: bool = False) -> results.TrainFinal | None:
     out = Path(out)
+    if cfg.train.plan:  # its total is the run's steps, as the config.json of a replay records them
+        _check_plan(cfg.train)
     if resume or cfg.train.steps or cfg.train.plan:
         keep_recorded_plan(cfg, out)
     family = family_of(cfg.model.arch)
