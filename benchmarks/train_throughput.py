@@ -4,8 +4,8 @@ MFU = the model's FLOP/s in its fastest window of ``WINDOW`` (5) steps ÷ the fp
 fastest reading of a large square matmul, taken before and after every model): the same statistic on both
 sides, so the ratio is fair to whatever machine runs it. Model FLOPs count matmuls only, forward + backward = 3 × forward:
 
-- recurrent: per token 2·(in·G·H + H·G·H) per layer (G = 4 gates for the LSTM, 3 for the GRU, 1 for the RNN)
-  + 2·H·V decoder;
+- recurrent: per token 2·(in·G·H + H·G·H) per layer, each layer at its own width (G = 4 gates for the LSTM, 3 for
+  the GRU, 1 for the RNN) + 2·H_last·V decoder;
 - transformer: per token per layer 2·(4·d² + 2·d·d_ff) + 2·2·T·d attention (QKᵀ and AV over the full T×T
   matrix, which is what is computed), + 2·d·V for the output layer.
 
@@ -22,7 +22,10 @@ cross-entropy over the vocabulary, the other element-wise and memory ops, the op
 Python time between operators (the step's wall time less its operators' time).
 
     python benchmarks/train_throughput.py [--preset cpu] [--threads 2] [--steps 20] [--weight-drop] [--plain-loss]
-                                          [--loss-chunk 128] [--compile] [--profile]
+                                          [--loss-chunk 128] [--compile] [--profile] [--set key=value ...]
+
+``--set`` overrides every chosen model's preset as ``lmlab train --set`` does (e.g. ``--models rnn --set
+model.emb_size=256 --set model.hidden_size=768``), to time a layout before training it.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ from lmlab.models import linear_cross_entropy, parameter_counts
 from lmlab.recipes.train import make_optimizer
 
 VOCAB = 10_000
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 WINDOW = 5  # consecutive steps per timing window: tokens/s and MFU are the fastest window's
 
 
@@ -59,16 +61,14 @@ def gemm_peak(n: int = 2048, samples: int = 5, repeats: int = 3) -> float:
     return 2 * n**3 * repeats / fastest
 
 
-def flops_per_token(cfg: dict) -> float:
+def flops_per_token(cfg: dict, model: torch.nn.Module) -> float:
     m = cfg["model"]
     if m["arch"] == "transformer":
         d, ff, t, layers = m["d_model"], m["d_ff"], m["context_length"], m["n_layers"]
         forward = layers * (2 * (4 * d * d + 2 * d * ff) + 4 * t * d) + 2 * d * VOCAB
-    else:
-        gates = GATES[m["arch"]]
-        h, e = m["hidden_size"], m["emb_size"]
-        forward = sum(2 * ((e if k == 0 else h) * gates * h + h * gates * h) for k in range(m["num_layers"]))
-        forward += 2 * h * VOCAB
+    else:  # every layer's own shapes: tied, the last layer is as wide as the embedding
+        forward = sum(2 * (layer.weight_ih_l0.numel() + layer.weight_hh_l0.numel()) for layer in model.layers)
+        forward += 2 * model.decoder.weight.numel()
     return 3 * forward
 
 
@@ -184,6 +184,8 @@ def main() -> None:
     parser.add_argument("--loss-chunk", type=int, default=linear_cross_entropy.CHUNK,
                         help="rows per chunk of the fused op (its baseline before 1,024 was 128)")
     parser.add_argument("--models", nargs="+", default=["rnn", "gru", "lstm", "transformer"])
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override every chosen model's preset, as in lmlab train (repeatable)")
     args = parser.parse_args()
     linear_cross_entropy.CHUNK = args.loss_chunk
     if args.threads:
@@ -193,17 +195,18 @@ def main() -> None:
     for model in args.models:
         results = {}
         for impl in ("nn", "scratch", "compiled") if args.compile else ("nn", "scratch"):
-            typed = load_train(model, args.preset)
+            typed = load_train(model, args.preset, args.overrides)
             cfg = to_dict(typed)
             cfg["model"]["impl"] = "nn" if impl == "nn" else "scratch"
             if "weight_drop" in cfg["model"] and not args.weight_drop:
                 cfg["model"]["weight_drop"] = 0.0
-            params = parameter_counts(build_model(cfg["model"], VOCAB))["total"]
+            built = build_model(cfg["model"], VOCAB)
+            params = parameter_counts(built)["total"]
             mean_tok_s, tok_s = step_throughput(cfg, typed.optim, args.steps, compiled=impl == "compiled",
                                                 plain_loss=args.plain_loss)
             results[impl] = tok_s
             ratio = f"{results['nn'] / tok_s:.2f}x" if impl != "nn" else ""
-            rows.append((model, impl, params, flops_per_token(cfg), mean_tok_s, tok_s, ratio))
+            rows.append((model, impl, params, flops_per_token(cfg, built), mean_tok_s, tok_s, ratio))
             if args.profile and impl == "scratch":
                 profiles[model] = profile(cfg, typed.optim, max(3, args.steps // 2), args.plain_loss)
         peaks.append(gemm_peak())
@@ -212,7 +215,7 @@ def main() -> None:
           f"{len(peaks)} readings before and after each model; they ranged {min(peaks) / 1e9:.1f}-{peak / 1e9:.1f}): "
           f"{peak / 1e9:.1f} GFLOP/s")
     fused = f"fused output layer + cross-entropy ({args.loss_chunk}-row chunks)"
-    print(f"preset {args.preset}; one training step = forward + backward + clip + optimiser update; "
+    print(f"preset {args.preset}{''.join(' --set ' + o for o in args.overrides)}; one training step = forward + backward + clip + optimiser update; "
           f"{'DropConnect as each preset sets it' if args.weight_drop else 'no DropConnect'}; "
           f"{'F.linear + F.cross_entropy' if args.plain_loss else fused}\n")
     print(f"tokens/s, GFLOP/s, MFU and the ratio: the fastest window of {WINDOW} steps (as the peak is the fastest "

@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from train_throughput import flops_per_token  # noqa: E402
+from train_throughput import VOCAB, flops_per_token  # noqa: E402
 
 from lmlab import results  # noqa: E402
 from lmlab.config import to_dict  # noqa: E402
+from lmlab.families import build_model  # noqa: E402
 from lmlab.recipes import dpo, finetune, train  # noqa: E402
 from lmlab.training import rundir  # noqa: E402
 
@@ -67,7 +68,8 @@ def check_ptb(arch: str, preset: str, device: str, steps: int, out: Path, peak: 
     train.run(cfg, run_dir)
     rows = rundir.read_jsonl(run_dir / rundir.METRICS)
     tokens_per_s = sum(r["tokens_per_s"] * r["seconds"] for r in rows) / sum(r["seconds"] for r in rows)
-    flops = flops_per_token(to_dict(cfg))
+    settings = to_dict(cfg)
+    flops = flops_per_token(settings, build_model(settings["model"], VOCAB))
     final = results.read(run_dir / rundir.FINAL, results.TrainFinal)
     return {"check": f"train {name}", "tokens_per_s": tokens_per_s, "mfu": flops * tokens_per_s / peak,
             "valid_ppl": final.valid_ppl}

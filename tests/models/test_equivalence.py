@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lmlab.errors import LmlabError
 from lmlab.families import build_model
 from lmlab.models.gru import GRULayer
 from lmlab.models.lstm import LSTMLayer
@@ -16,7 +17,7 @@ from lmlab.models.transformer import LayerNorm
 V = 50
 
 CONFIGS = {
-    "rnn": dict(arch="rnn", emb_size=16, hidden_size=16, num_layers=2),
+    "rnn": dict(arch="rnn", emb_size=16, hidden_size=24, num_layers=2),  # tied: a 24-wide layer, then a 16-wide one
     "gru": dict(arch="gru", emb_size=16, hidden_size=16, num_layers=2),
     "lstm": dict(arch="lstm", emb_size=16, hidden_size=16, num_layers=2),
     "transformer": dict(arch="transformer", d_model=16, n_layers=2, n_heads=4, d_ff=32, context_length=12,
@@ -99,6 +100,16 @@ def test_optimiser_steps_match_torch_nn(arch):
     twin_params = dict(twin.named_parameters())
     for name, p in scratch.named_parameters():
         torch.testing.assert_close(p, twin_params[name], atol=1e-9, rtol=1e-9, msg=name)
+
+
+def test_tied_recurrent_layers_below_the_last_take_hidden_size_and_the_last_the_embedding_size():
+    model = build_model(dict(CONFIGS["lstm"], emb_size=8, hidden_size=12, num_layers=3), V)
+    assert [(layer.weight_ih_l0.shape[1], layer.hidden_size) for layer in model.layers] == [(8, 12), (12, 12), (12, 8)]
+    assert model.decoder.weight is model.encoder.weight
+    untied = build_model(dict(CONFIGS["lstm"], emb_size=8, hidden_size=12, tie_weights=False), V)
+    assert untied.decoder.weight.shape == (V, 12)
+    with pytest.raises(LmlabError, match="one tied layer needs model.hidden_size == model.emb_size"):
+        build_model(dict(CONFIGS["rnn"], num_layers=1), V)
 
 
 def test_plain_matmul_attention_equals_sdpa():

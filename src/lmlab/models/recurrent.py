@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lmlab.errors import LmlabError
 from lmlab.models import nn_twins
 from lmlab.models.dropout import LockedDropout
 from lmlab.models.gru import GRULayer
@@ -55,13 +56,15 @@ class RecurrentLM(nn.Module):
         super().__init__()
         if (cell, impl) not in LAYERS:
             raise ValueError(f"unknown recurrent cell/impl {cell}/{impl}")
-        if tie_weights and hidden_size != emb_size:
-            raise ValueError(f"tie_weights needs hidden_size == emb_size (got {hidden_size} and {emb_size})")
+        if tie_weights and hidden_size != emb_size and num_layers == 1:
+            raise LmlabError(f"one tied layer needs model.hidden_size == model.emb_size (got {hidden_size} and "
+                             f"{emb_size}): set them equal, add a layer or set model.tie_weights=false")
         layer = LAYERS[(cell, impl)]
         self.encoder = nn.Embedding(vocab_size, emb_size)
-        self.layers = nn.ModuleList(
-            layer(emb_size if k == 0 else hidden_size, hidden_size) for k in range(num_layers)
-        )
+        # Tied, the last layer is as wide as the embedding and the layers below it are hidden_size wide
+        # (AWD-LSTM's layout): the recurrent state can be wider than the word vectors it ends in.
+        sizes = [hidden_size] * (num_layers - 1) + [emb_size if tie_weights else hidden_size]
+        self.layers = nn.ModuleList(layer(n_in, n_out) for n_in, n_out in zip([emb_size] + sizes[:-1], sizes))
         for module in self.layers:
             module.weight_drop = weight_drop
         self.activation_reg, self.temporal_reg = activation_reg, temporal_reg
@@ -69,7 +72,7 @@ class RecurrentLM(nn.Module):
         self.drop_emb = LockedDropout(dropout_emb)
         self.drop_layer = LockedDropout(dropout_layer)
         self.drop_out = LockedDropout(dropout_out)
-        self.decoder = nn.Linear(hidden_size, vocab_size)
+        self.decoder = nn.Linear(sizes[-1], vocab_size)
         # Tying (Press & Wolf 2017; Inan et al. 2017) shares the input and output word vectors: fewer
         # parameters and a better perplexity at this scale.
         if tie_weights:
