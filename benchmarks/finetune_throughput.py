@@ -3,7 +3,7 @@ in one run. Prints tokens/s, MFU and the per-step loss of both, and the ratio (t
 
 Both sides: AdamW (betas 0.9/0.95, no weight decay), cosine decay to 10% without warm-up, clipping at 1.0,
 fp32; the Trainer gets exactly the chunks our loop draws, in the same order (sequential sampler). Time is the
-sum of optimizer-step times on each side, first step excluded as warm-up (model loading, evaluation and
+sum of optimizer-step times on each side, the first ``--warmup`` steps (2) excluded as warm-up (model loading, evaluation and
 saving excluded from both).
 MFU = model FLOP/s / the fp32 GEMM peak measured in this run; a training token costs 6 x (matmul parameters)
 + 12 x layers x seq_len x hidden for attention (4 x ... with LoRA: frozen weights get no weight gradients).
@@ -13,7 +13,8 @@ the batch shape, torch.profiler self time): matmuls, attention, softmax/cross-en
 ops (RMSNorm, SiLU, rotary embeddings, residuals), the optimiser, and Python between operators — what stands
 between the measured MFU and the GEMM peak.
 
-    python benchmarks/finetune_throughput.py [--model smollm2-135m] [--steps 6] [--batch 4] [--seq-len 256] [--profile]
+    python benchmarks/finetune_throughput.py [--model smollm2-135m] [--steps 6] [--warmup 2] [--batch 4] [--seq-len 256]
+                                             [--lora] [--profile]
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def ours(args, out: Path) -> tuple[float, list[float]]:
     finetune.run(cfg, out)
     steps = [r for r in rundir.read_jsonl(out / rundir.METRICS) if r["kind"] == "train"]
     tokens = args.batch * args.seq_len
-    seconds = sum(tokens / r["tokens_per_s"] for r in steps[1:])
-    return tokens * (len(steps) - 1) / seconds, [r["train_loss"] for r in steps], cfg
+    timed = steps[args.warmup:]
+    return tokens * len(timed) / sum(tokens / r["tokens_per_s"] for r in timed), [r["train_loss"] for r in steps], cfg
 
 
 def trainer(args, cfg, out: Path) -> tuple[float, list[float]]:
@@ -91,7 +92,8 @@ def trainer(args, cfg, out: Path) -> tuple[float, list[float]]:
     hf = InOrder(model=model, args=targs, train_dataset=dataset, callbacks=[StepTimer()])
     hf.train()
     losses = [r["loss"] for r in hf.state.log_history if "loss" in r]
-    return (args.steps - 1) * args.batch * args.seq_len / sum(StepTimer.seconds[1:]), losses, model
+    timed = StepTimer.seconds[args.warmup:]
+    return len(timed) * args.batch * args.seq_len / sum(timed), losses, model
 
 
 ATTENTION = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
@@ -125,9 +127,14 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--docs", type=int, default=200, help="training documents to pack")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="steps left out of each side's timing: our loop runs first, in a cold process, and its "
+                             "first steps were 15-35%% slower than its later ones (1 until 2026-12-07)")
     parser.add_argument("--lora", action="store_true")
     parser.add_argument("--profile", action="store_true", help="also print where one training step's time goes")
     args = parser.parse_args()
+    if not 0 <= args.warmup < args.steps:
+        parser.error(f"--warmup {args.warmup} leaves no step of --steps {args.steps} to time")
     if args.threads:
         torch.set_num_threads(args.threads)
     peak = gemm_peak()
