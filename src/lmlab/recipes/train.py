@@ -53,6 +53,8 @@ def keep_recorded_plan(cfg: TrainConfig, out: Path) -> None:
     the run did. A plan given on the command line (``train.steps`` or ``train.plan`` other than the recorded
     one) is replayed as it is, never re-planned. Calling this twice (a study, then ``run``) changes nothing."""
     t, recorded = cfg.train, Path(out) / rundir.CONFIG
+    if t.plan:  # a given plan's total is the run's steps, as a replay's config.json records them
+        _check_plan(t)
     made = rundir.read_json(recorded)["train"] if recorded.is_file() else {}
     if made and t.budget_minutes and not (t.steps or t.plan):
         t.steps, t.plan, t.replan = made.get("steps", 0), made.get("plan", []), made.get("replan", False)
@@ -62,8 +64,6 @@ def keep_recorded_plan(cfg: TrainConfig, out: Path) -> None:
 
 def run(cfg: TrainConfig, out: Path, resume: bool = False) -> results.TrainFinal | None:
     out = Path(out)
-    if cfg.train.plan:  # its total is the run's steps, as the config.json of a replay records them
-        _check_plan(cfg.train)
     if resume or cfg.train.steps or cfg.train.plan:
         keep_recorded_plan(cfg, out)
     family = family_of(cfg.model.arch)
