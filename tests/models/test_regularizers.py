@@ -1,5 +1,6 @@
 """AWD-LSTM's regularisers on the from-scratch recurrent models: DropConnect on W_hh equals the torch.nn twin
-run with the same masked weight, AR/TAR equal their formulas and reach the gradient but not the logged loss."""
+run with the same masked weight, embedding dropout equals a lookup into the masked embedding matrix, AR/TAR
+equal their formulas and reach the gradient but not the logged loss."""
 
 from __future__ import annotations
 
@@ -68,6 +69,38 @@ def test_weight_drop_on_the_torch_nn_twins_matches_the_scratch_layers(arch):
     for name, p in twin.named_parameters():
         torch.testing.assert_close(p.grad, grads[name], rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(twin.state_dict(), scratch.state_dict(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("impl", ["scratch", "nn"])
+def test_embedding_dropout_is_a_lookup_into_the_matrix_with_whole_words_dropped(impl):
+    """AWD-LSTM's embedded_dropout: F.embedding(tokens, W * mask[:, None] / (1 - p)) with one mask over the
+    vocabulary per call; gathered per token here, with the same logits and gradients. Untied, so the reference
+    can hold the masked matrix as its encoder."""
+    dropped = model("lstm", impl, tie_weights=False, dropout_words=0.5).train()
+    reference = model("lstm", impl, tie_weights=False).train()
+    reference.load_state_dict(dropped.state_dict())
+    x = torch.arange(V).view(10, 4) % 13  # 13 word types, each at 3-4 positions
+    torch.manual_seed(7)
+    logits, _ = dropped(x, dropped.initial_state(4, dropped.encoder.weight))
+    torch.manual_seed(7)  # the same draw: one mask over the vocabulary
+    keep = dropout(torch.ones(V, dtype=torch.float64), 0.5)
+    assert 0 < int((keep[:13] == 0).sum()) < 13
+    with torch.no_grad():
+        reference.encoder.weight.mul_(keep.unsqueeze(1))
+    expected, _ = reference(x, reference.initial_state(4, reference.encoder.weight))
+    torch.testing.assert_close(logits, expected, rtol=1e-10, atol=1e-10)
+
+    logits.square().sum().backward()
+    expected.square().sum().backward()  # the reference's gradient is w.r.t. the masked matrix: chain rule
+    torch.testing.assert_close(dropped.encoder.weight.grad, reference.encoder.weight.grad * keep.unsqueeze(1),
+                               rtol=1e-10, atol=1e-10)
+    assert torch.all(dropped.encoder.weight.grad[:13][keep[:13] == 0] == 0)  # a dropped word learns nothing
+
+    dropped.eval()  # no mask at evaluation
+    reference.load_state_dict(dropped.state_dict())
+    reference.eval()
+    torch.testing.assert_close(dropped(x, dropped.initial_state(4, dropped.encoder.weight))[0],
+                               reference(x, reference.initial_state(4, reference.encoder.weight))[0])
 
 
 def test_activation_and_temporal_regularisation_follow_their_formulas_and_reach_only_the_gradient():

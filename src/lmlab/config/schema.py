@@ -61,6 +61,7 @@ class RecurrentModel:
     tie_weights: bool
     init_range: float = key(min=0.0)
     weight_drop: float = probability()     # DropConnect on hidden-to-hidden weights (both impls)
+    dropout_words: float = probability()   # embedding dropout: whole word types dropped, one mask per window
     activation_reg: float = key(min=0.0)   # AR: alpha * mean(h^2) of the last layer's output
     temporal_reg: float = key(min=0.0)     # TAR: beta * mean((h_t - h_{t-1})^2)
 

@@ -7,7 +7,8 @@ Layers are stacked one module per layer (not ``nn.LSTM(num_layers=L)``) so that 
 use one mask across time, which ``nn.LSTM``'s built-in inter-layer dropout cannot.
 
 AWD-LSTM's regularisers (Merity et al. 2018) are options: ``weight_drop`` (DropConnect on the hidden-to-hidden
-weights, one mask per call, in both implementations), and activation (AR) and
+weights, one mask per call, in both implementations), ``dropout_words`` (embedding dropout: whole word types
+dropped from the embedding matrix, one mask per call), and activation (AR) and
 temporal activation regularisation (TAR), which a training forward leaves in ``regularization`` for the loop
 to add to the loss.
 """
@@ -19,7 +20,7 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.models import nn_twins
-from lmlab.models.dropout import LockedDropout
+from lmlab.models.dropout import LockedDropout, dropout
 from lmlab.models.gru import GRULayer
 from lmlab.models.linear_cross_entropy import linear_cross_entropy
 from lmlab.models.lstm import LSTMLayer
@@ -50,6 +51,7 @@ class RecurrentLM(nn.Module):
         tie_weights: bool = True,
         init_range: float = 0.1,
         weight_drop: float = 0.0,
+        dropout_words: float = 0.0,
         activation_reg: float = 0.0,
         temporal_reg: float = 0.0,
     ):
@@ -67,6 +69,7 @@ class RecurrentLM(nn.Module):
         self.layers = nn.ModuleList(layer(n_in, n_out) for n_in, n_out in zip([emb_size] + sizes[:-1], sizes))
         for module in self.layers:
             module.weight_drop = weight_drop
+        self.dropout_words = dropout_words
         self.activation_reg, self.temporal_reg = activation_reg, temporal_reg
         self.regularization = torch.zeros(())  # AR + TAR of the last training forward (0 when off)
         self.drop_emb = LockedDropout(dropout_emb)
@@ -88,7 +91,7 @@ class RecurrentLM(nn.Module):
     def forward(self, tokens, state, targets=None):
         """tokens: (T, B) ids; state: one entry per layer. Returns logits (T, B, V) and the new state, or with
         ``targets`` (T, B) the mean cross-entropy in place of the logits (fused with the decoder on CPU)."""
-        x = self.drop_emb(self.encoder(tokens))
+        x = self.drop_emb(self._word_vectors(tokens))
         new_state = []
         for k, (layer, layer_state) in enumerate(zip(self.layers, state)):
             raw, s = layer(x, layer_state)
@@ -99,6 +102,19 @@ class RecurrentLM(nn.Module):
         if targets is not None:
             return linear_cross_entropy(x, self.decoder.weight, self.decoder.bias, targets), new_state
         return self.decoder(x), new_state
+
+    def _word_vectors(self, tokens):
+        """The tokens' word vectors. While training with ``dropout_words`` (AWD-LSTM's embedding dropout, Gal &
+        Ghahramani 2016), whole word types are dropped: one mask over the vocabulary per call, so a dropped word
+        is a zero vector at every position of the window and the kept ones are scaled by 1 / (1 - p). This is
+        AWD-LSTM's ``embedded_dropout`` (a lookup into the masked matrix), with the mask gathered per token
+        instead of multiplied into the whole 10,000-row matrix; values and gradients are the same, and a tied
+        decoder keeps the unmasked weights."""
+        vectors = self.encoder(tokens)
+        if not self.training or not self.dropout_words:
+            return vectors
+        keep = dropout(vectors.new_ones(self.encoder.num_embeddings), self.dropout_words)
+        return vectors * keep[tokens].unsqueeze(-1)
 
     def _activation_penalty(self, raw, dropped):
         """AR: alpha * mean(h_t^2) of the last layer's dropped-out output (keeps activations small); TAR:
