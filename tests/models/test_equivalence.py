@@ -11,7 +11,7 @@ from lmlab.errors import LmlabError
 from lmlab.families import build_model
 from lmlab.models.gru import GRULayer
 from lmlab.models.lstm import LSTMLayer
-from lmlab.models.rnn import ElmanLayer
+from lmlab.models.rnn import ElmanLayer, NormalizedElmanLayer
 from lmlab.models.transformer import LayerNorm
 
 V = 50
@@ -144,7 +144,7 @@ def test_layer_norm_backward_written_by_hand_matches_finite_differences_and_torc
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
-@pytest.mark.parametrize("layer", [ElmanLayer, GRULayer, LSTMLayer])
+@pytest.mark.parametrize("layer", [ElmanLayer, NormalizedElmanLayer, GRULayer, LSTMLayer])
 def test_recurrent_layer_gradcheck(layer):
     """Analytic gradients of our tensor-op cells (each a hand-written backward through time) against finite
     differences: for the inputs, every parameter and a random initial state, through every step's output and the
@@ -164,6 +164,45 @@ def test_recurrent_layer_gradcheck(layer):
         return out, *(last if is_pair else (last,))
 
     assert torch.autograd.gradcheck(f, (x, *state, *cell.parameters()))
+
+
+def test_layer_normalised_elman_lm_matches_the_loop_written_with_torch_layer_norm():
+    """torch.nn has no normalised RNN cell, so the reference is the cell written out under autograd with
+    ``F.layer_norm``: tanh(LN(x W_ih^T + b_ih + h W_hh^T + b_hh)). Logits, loss and every gradient over two
+    windows with the state carried, in float64."""
+    torch.manual_seed(0)
+    model = build_model(dict(CONFIGS["rnn"], impl="scratch", layer_norm=True), V).double()
+    with torch.no_grad():  # away from the initial gain 1 and shift 0, so both enter the check
+        for layer in model.layers:
+            layer.norm_weight.uniform_(0.5, 1.5)
+            layer.norm_bias.uniform_(-0.3, 0.3)
+    x, y = batch("rnn")
+
+    def reference_loss():
+        hs = [torch.zeros(x.size(1), layer.hidden_size, dtype=torch.float64) for layer in model.layers]
+        logits = []
+        for t in range(x.size(0)):
+            inp = model.encoder(x[t])
+            for k, layer in enumerate(model.layers):
+                pre = inp @ layer.weight_ih_l0.t() + layer.bias_ih_l0 + hs[k] @ layer.weight_hh_l0.t() + layer.bias_hh_l0
+                hs[k] = inp = torch.tanh(F.layer_norm(pre, (layer.hidden_size,), layer.norm_weight, layer.norm_bias))
+            logits.append(model.decoder(inp))
+        logits = torch.stack(logits)
+        return logits, F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+
+    ours, loss = loss_of(model, "rnn", x, y)
+    ours_grads = torch.autograd.grad(loss, list(model.parameters()))
+    theirs, reference = reference_loss()
+    theirs_grads = torch.autograd.grad(reference, list(model.parameters()))
+    torch.testing.assert_close(ours, theirs, atol=1e-10, rtol=1e-10)
+    for (name, _), a, b in zip(model.named_parameters(), ours_grads, theirs_grads):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("arch,impl", [("lstm", "scratch"), ("gru", "scratch"), ("rnn", "nn")])
+def test_layer_norm_on_any_other_recurrent_layer_is_a_clear_error(arch, impl):
+    with pytest.raises(LmlabError, match="model.layer_norm=false"):
+        build_model(dict(CONFIGS[arch], impl=impl, layer_norm=True), V)
 
 
 @pytest.mark.parametrize("arch", ["rnn", "gru", "lstm", "transformer"])

@@ -62,6 +62,7 @@ class RecurrentModel:
     init_range: float = key(min=0.0)
     weight_drop: float = probability()     # DropConnect on hidden-to-hidden weights (both impls)
     dropout_words: float = probability()   # embedding dropout: whole word types dropped, one mask per window
+    layer_norm: bool                       # rnn, scratch: layer-normalised Elman cell (Ba et al. 2016)
     activation_reg: float = key(min=0.0)   # AR: alpha * mean(h^2) of the last layer's output
     temporal_reg: float = key(min=0.0)     # TAR: beta * mean((h_t - h_{t-1})^2)
 

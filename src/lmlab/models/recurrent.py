@@ -10,7 +10,7 @@ AWD-LSTM's regularisers (Merity et al. 2018) are options: ``weight_drop`` (DropC
 weights, one mask per call, in both implementations), ``dropout_words`` (embedding dropout: whole word types
 dropped from the embedding matrix, one mask per call), and activation (AR) and
 temporal activation regularisation (TAR), which a training forward leaves in ``regularization`` for the loop
-to add to the loss.
+to add to the loss. ``layer_norm`` swaps the from-scratch Elman cell for its layer-normalised form (Ba et al. 2016).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from lmlab.models.dropout import LockedDropout, dropout
 from lmlab.models.gru import GRULayer
 from lmlab.models.linear_cross_entropy import linear_cross_entropy
 from lmlab.models.lstm import LSTMLayer
-from lmlab.models.rnn import ElmanLayer
+from lmlab.models.rnn import ElmanLayer, NormalizedElmanLayer
 
 LAYERS = {
     ("rnn", "scratch"): ElmanLayer,
@@ -52,6 +52,7 @@ class RecurrentLM(nn.Module):
         init_range: float = 0.1,
         weight_drop: float = 0.0,
         dropout_words: float = 0.0,
+        layer_norm: bool = False,
         activation_reg: float = 0.0,
         temporal_reg: float = 0.0,
     ):
@@ -62,6 +63,11 @@ class RecurrentLM(nn.Module):
             raise LmlabError(f"one tied layer needs model.hidden_size == model.emb_size (got {hidden_size} and "
                              f"{emb_size}): set them equal, add a layer or set model.tie_weights=false")
         layer = LAYERS[(cell, impl)]
+        if layer_norm:
+            if (cell, impl) != ("rnn", "scratch"):
+                raise LmlabError(f"model.layer_norm is built for the from-scratch Elman RNN only (torch.nn has no "
+                                 f"normalised cell), not {cell}/{impl}: set model.layer_norm=false")
+            layer = NormalizedElmanLayer
         self.encoder = nn.Embedding(vocab_size, emb_size)
         # Tied, the last layer is as wide as the embedding and the layers below it are hidden_size wide
         # (AWD-LSTM's layout): the recurrent state can be wider than the word vectors it ends in.
