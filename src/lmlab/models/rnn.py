@@ -57,8 +57,11 @@ class ElmanLayer(RecurrentLayer):
         """x: (T, B, input); h: (1, B, hidden). Returns outputs (T, B, hidden) and the last state."""
         # The input projection of every step is one large GEMM; only h W_hh^T must wait for the previous step.
         xw = self.input_projections(x, self.bias_ih_l0 + self.bias_hh_l0)
-        outputs, h_last = ElmanRecurrence.apply(xw, h[0].to(xw.dtype), self.recurrent_weight(xw))
+        outputs, h_last = self.recurrence(xw, h[0].to(xw.dtype), self.recurrent_weight(xw))
         return outputs, h_last.unsqueeze(0)
+
+    def recurrence(self, xw: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor):
+        return ElmanRecurrence.apply(xw, h0, w_hh)
 
 
 class NormalizedElmanRecurrence(torch.autograd.Function):
@@ -119,9 +122,6 @@ class NormalizedElmanLayer(ElmanLayer):
         self.norm_weight = torch.nn.Parameter(torch.ones(hidden_size))
         self.norm_bias = torch.nn.Parameter(torch.zeros(hidden_size))
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        xw = self.input_projections(x, self.bias_ih_l0 + self.bias_hh_l0)
-        outputs, h_last = NormalizedElmanRecurrence.apply(
-            xw, h[0].to(xw.dtype), self.recurrent_weight(xw), self.norm_weight.to(xw.dtype),
-            self.norm_bias.to(xw.dtype), self.eps)
-        return outputs, h_last.unsqueeze(0)
+    def recurrence(self, xw: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor):
+        return NormalizedElmanRecurrence.apply(xw, h0, w_hh, self.norm_weight.to(xw.dtype),
+                                               self.norm_bias.to(xw.dtype), self.eps)
