@@ -4,8 +4,10 @@ against the same code from another source tree, alternating in one process.
 A change to a recurrent loop moves the full training step by a few percent, less than this machine's speed
 moves between runs of ``train_throughput.py``; timed alone and alternated with its baseline, the loop's own
 gain is measurable. Shapes are the ``cpu`` presets' (35 steps x 20 columns; hidden 320 / 272 / 256).
-Only each layer's own file is taken from the baseline tree; what it imports (``lmlab.models.recurrent_layer``)
-comes from the installed lmlab, so a change outside those files is not compared.
+Only each layer's own file is taken from the baseline tree; what it imports (``lmlab.models.recurrent_layer``,
+the compiled LSTM cell of ``lmlab.models.kernels``) comes from the installed lmlab, so a change outside those files
+is not compared. Each tree's LSTM runs as its layer does by default: with the compiled cell where its
+``LSTMRecurrence`` takes one (from 2026-12-07), with tensor operations before.
 
     git worktree add /tmp/baseline <commit>
     python benchmarks/recurrence_ab.py --baseline /tmp/baseline/src [--threads 2] [--rounds 9]
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import statistics
 import time
 from pathlib import Path
@@ -34,8 +37,9 @@ def load_recurrence(src: Path, model: str, tag: str):
     return getattr(loaded, cls)
 
 
-def window(recurrence, model: str):
-    """A closure running one window forward and backward on fixed random inputs."""
+def window(recurrence, model: str, compiled_cell: bool = True):
+    """A closure running one window forward and backward on fixed random inputs (the LSTM with its compiled cell
+    where ``recurrence`` takes one and ``compiled_cell`` asks for it, as the layer's default does)."""
     _, _, hidden, gates = SHAPES[model]
     torch.manual_seed(0)
     xw = torch.randn(STEPS, BATCH, gates * hidden, requires_grad=True)
@@ -43,6 +47,10 @@ def window(recurrence, model: str):
     h0 = torch.zeros(BATCH, hidden)
     if model == "lstm":
         inputs = (xw, h0, torch.zeros(BATCH, hidden), w_hh)
+        if compiled_cell and "cell" in inspect.signature(recurrence.forward).parameters:
+            from lmlab.models import kernels
+
+            inputs += (kernels.lstm_cell(),)
     elif model == "gru":
         inputs = (xw, h0, w_hh, torch.zeros(gates * hidden, requires_grad=True))
     else:

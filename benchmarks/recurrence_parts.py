@@ -5,9 +5,10 @@ backward (the gates' gradient times W_hh: 20 x G·H @ G·H x H), and the window 
 gradient over all its steps (G·H x 700 @ 700 x H); everything else is element-wise work and operator dispatch on
 20 x G·H elements. This prints, per ``cpu`` preset shape (35 steps x 20 columns; hidden 320 / 272 / 256 for the
 RNN / GRU / LSTM), those GEMMs' time per step alone (the large one's share: a 35th) at 1 and 2 threads, and the whole
-window's forward + backward per step at 2 threads (``recurrence_ab.window``, the installed lmlab's code): the gap
-between the two is what a fused or differently scheduled loop could win, and the 1- against 2-thread times say
-whether the second thread helps GEMMs this small.
+window's forward + backward per step at 2 threads (``recurrence_ab.window``, the installed lmlab's code; the LSTM
+twice: with its compiled cell, the default, and with the tensor-operation cell): the gap between the two is what a
+fused or differently scheduled loop could win, and the 1- against 2-thread times say whether the second thread
+helps GEMMs this small.
 
     python benchmarks/recurrence_parts.py [--rounds 9]
 """
@@ -66,14 +67,16 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch {torch.__version__}; one layer, {STEPS} steps x {BATCH} columns; microseconds per time step, "
           f"medians of {args.rounds} rounds\n")
-    print(f"{'model':<6} {'hidden':>6} {'GEMMs, 1 thread':>16} {'GEMMs, 2 threads':>17} {'2-thread gain':>14} "
+    print(f"{'model':<20} {'hidden':>6} {'GEMMs, 1 thread':>16} {'GEMMs, 2 threads':>17} {'2-thread gain':>14} "
           f"{'window, 2 threads':>18} {'GEMM share':>11}")
-    for model, (module, cls, hidden, gates) in SHAPES.items():
+    rows = [("rnn", "rnn", True), ("gru", "gru", True), ("lstm", "lstm", True), ("lstm, tensor-op cell", "lstm", False)]
+    for label, model, compiled_cell in rows:
+        module, cls, hidden, gates = SHAPES[model]
         per_step, weight_gradient = step_gemms(hidden, gates)
         one, two = (gemm_us(per_step, weight_gradient, threads, args.rounds) for threads in (1, 2))
         recurrence = getattr(importlib.import_module(f"lmlab.models.{module}"), cls)
-        whole = per_call_us(window(recurrence, model), 10, args.rounds) / STEPS
-        print(f"{model:<6} {hidden:>6} {one:>16.1f} {two:>17.1f} {one / two:>13.2f}x {whole:>18.1f} {two / whole:>11.0%}")
+        whole = per_call_us(window(recurrence, model, compiled_cell), 10, args.rounds) / STEPS
+        print(f"{label:<20} {hidden:>6} {one:>16.1f} {two:>17.1f} {one / two:>13.2f}x {whole:>18.1f} {two / whole:>11.0%}")
 
 
 if __name__ == "__main__":

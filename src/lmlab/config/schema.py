@@ -63,6 +63,7 @@ class RecurrentModel:
     weight_drop: float = probability()     # DropConnect on hidden-to-hidden weights (both impls)
     dropout_words: float = probability()   # embedding dropout: whole word types dropped, one mask per window
     layer_norm: bool                       # rnn, scratch: layer-normalised Elman cell (Ba et al. 2016)
+    compiled_cell: bool                    # lstm, scratch, CPU: the cell's per-step element-wise work in compiled C++
     activation_reg: float = key(min=0.0)   # AR: alpha * mean(h^2) of the last layer's output
     temporal_reg: float = key(min=0.0)     # TAR: beta * mean((h_t - h_{t-1})^2)
 

@@ -11,6 +11,8 @@ weights, one mask per call, in both implementations), ``dropout_words`` (embeddi
 dropped from the embedding matrix, one mask per call), and activation (AR) and
 temporal activation regularisation (TAR), which a training forward leaves in ``regularization`` for the loop
 to add to the loss. ``layer_norm`` swaps the from-scratch Elman cell for its layer-normalised form (Ba et al. 2016).
+``compiled_cell`` (on by default) runs the from-scratch LSTM's per-step element-wise work as one compiled C++
+pass on CPU (:mod:`lmlab.models.kernels`); off, or where it cannot be built, the same cell in tensor operations.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class RecurrentLM(nn.Module):
         weight_drop: float = 0.0,
         dropout_words: float = 0.0,
         layer_norm: bool = False,
+        compiled_cell: bool = True,
         activation_reg: float = 0.0,
         temporal_reg: float = 0.0,
     ):
@@ -75,6 +78,7 @@ class RecurrentLM(nn.Module):
         self.layers = nn.ModuleList(layer(n_in, n_out) for n_in, n_out in zip([emb_size] + sizes[:-1], sizes))
         for module in self.layers:
             module.weight_drop = weight_drop
+            module.compiled_cell = compiled_cell
         self.dropout_words = dropout_words
         self.activation_reg, self.temporal_reg = activation_reg, temporal_reg
         self.regularization = torch.zeros(())  # AR + TAR of the last training forward (0 when off)

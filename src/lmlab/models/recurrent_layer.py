@@ -25,6 +25,7 @@ class RecurrentLayer(nn.Module):
         super().__init__()
         self.hidden_size = hidden_size
         self.weight_drop = 0.0  # set by RecurrentLM
+        self.compiled_cell = True  # set by RecurrentLM: use the layer's compiled CPU cell where it has one (LSTM)
         self.weight_ih_l0 = nn.Parameter(torch.empty(gates * hidden_size, input_size))
         self.weight_hh_l0 = nn.Parameter(torch.empty(gates * hidden_size, hidden_size))
         self.bias_ih_l0 = nn.Parameter(torch.empty(gates * hidden_size))

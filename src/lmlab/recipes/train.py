@@ -28,7 +28,7 @@ from lmlab.data.word_corpus import load_word_corpus
 from lmlab.errors import LmlabError
 from lmlab.families import family_of
 from lmlab.metrics.perplexity import perplexity
-from lmlab.models import parameter_counts
+from lmlab.models import kernels, parameter_counts
 from lmlab.report.plots import plot_curves
 from lmlab.training import budget, checkpoint, lifecycle, rundir, runtime, schedule
 from lmlab.training.averaging import WeightAverage
@@ -178,6 +178,7 @@ def _setup(cfg: TrainConfig, out: Path, family, rt) -> _Run:
     streams = {s: lm_pairs(_cap(ids, cfg.data, s), corpus.vocab.eos_id) for s, ids in corpus.splits.items()}
     n_train = streams["train"][0].numel()
     net = family.build(to_dict(cfg.model), len(corpus.vocab)).to(rt.device)
+    kernels.build_ahead(net)  # a first build of a compiled cell takes about 40 s: not on the budget's clock
     optimizer = make_optimizer(net, cfg.optim)
     train_model = DistributedDataParallel(net) if rt.distributed else net
     if cfg.train.compile:
