@@ -139,6 +139,15 @@ def test_a_plan_that_leaves_its_budget_unused_says_so(tiny_corpus, tmp_path, cap
     assert "the 5 planned steps took 0.0 min of a 5-min budget: the machine ran faster" in capsys.readouterr().err
 
 
+def test_a_run_that_diverges_is_not_reported_as_a_fast_machine(tiny_corpus, tmp_path, capsys):
+    """A run that stopped on a NaN loss has not spent its plan: the divergence, not the machine, is the news."""
+    assert main(["train", "--model", "rnn", "--preset", "smoke", "--set", f"data.corpus={tiny_corpus}",
+                 "--threads", "1", "--out", str(tmp_path / "run"), "--set", "train.budget_minutes=5",
+                 "--set", "train.steps=20", "--set", "optim.lr=1e38", "--set", "optim.clip=0"]) == 2
+    err = capsys.readouterr().err
+    assert "diverged" in err and "planned steps took" not in err
+
+
 def test_the_probe_takes_the_median_step_so_a_burst_of_other_work_does_not_shrink_the_plan(monkeypatch):
     """Timed steps of 0.1 s with two of 1 s (the machine busy elsewhere for a moment): the plan sees 0.1 s."""
     from lmlab.training import budget

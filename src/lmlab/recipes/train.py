@@ -114,7 +114,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, family, rt) -> results.Tra
              f"{counts['non_embedding']:,}", f"{len(run.corpus.vocab):,}", f"{run.streams['train'][1].numel():,}",
              run.steps_per_epoch, rt.device, f", {rt.world_size} processes" if rt.distributed else "")
     status, divergence = _epochs(run)
-    if rt.is_main:
+    if rt.is_main and status == "finished":  # (a run that stopped early has not spent its plan)
         _report_plan_against_budget(cfg.train, run.progress["elapsed"])
     final = None
     if rt.is_main and (out / rundir.BEST).is_file():
