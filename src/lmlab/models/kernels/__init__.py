@@ -1,7 +1,7 @@
 """Compiled CPU kernels for the from-scratch recurrent cells (C++, built on first use).
 
 ``torch.utils.cpp_extension.load`` compiles each source once per machine into torch's extension cache
-(``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``; 36 s on two cores) and loads it from
+(``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``; about 40 s on two cores) and loads it from
 there afterwards. Where it cannot be built (no C++ compiler or ninja, an unsupported platform), the layers run
 their tensor-operation form instead, which computes the same function, and one warning says so.
 """
