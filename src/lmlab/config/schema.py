@@ -66,6 +66,7 @@ class RecurrentModel:
     compiled_cell: bool                    # lstm, scratch, CPU: the cell's per-step element-wise work in compiled C++
     activation_reg: float = key(min=0.0)   # AR: alpha * mean(h^2) of the last layer's output
     temporal_reg: float = key(min=0.0)     # TAR: beta * mean((h_t - h_{t-1})^2)
+    output_cutoffs: list[int]              # [] full softmax; [c0, ...] clustered (adaptive) softmax over frequency
 
 
 @dataclass
@@ -83,6 +84,7 @@ class TransformerModel:
     tie_weights: bool
     init_std: float = key(min=0.0)
     attn_impl: str = key(choices=("matmul", "sdpa"))
+    output_cutoffs: list[int]              # [] full softmax; [c0, ...] clustered (adaptive) softmax over frequency
 
 
 @dataclass

@@ -95,4 +95,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     hidden, targets = hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1)
     if hidden.device.type == "cpu" and torch.is_grad_enabled() and hidden.dtype == weight.dtype == torch.float32:
         return _LinearCrossEntropy.apply(hidden, weight, bias, targets)
-    return F.cross_entropy(F.linear(hidden, weight, bias).float(), targets, ignore_index=IGNORE)
+    logits = F.linear(hidden, weight, bias)
+    # bf16/fp16 logits are scored in fp32; fp64 stays fp64
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets, ignore_index=IGNORE)

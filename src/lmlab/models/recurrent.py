@@ -13,6 +13,8 @@ temporal activation regularisation (TAR), which a training forward leaves in ``r
 to add to the loss. ``layer_norm`` swaps the from-scratch Elman cell for its layer-normalised form (Ba et al. 2016).
 ``compiled_cell`` (on by default) runs the from-scratch LSTM's per-step element-wise work as one compiled C++
 pass on CPU (:mod:`lmlab.models.kernels`); off, or where it cannot be built, the same cell in tensor operations.
+``output_cutoffs`` replaces the full softmax by a clustered (adaptive) one over the same word vectors
+(:mod:`lmlab.models.adaptive_softmax`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.models import nn_twins
+from lmlab.models.adaptive_softmax import ClusteredOutput
 from lmlab.models.dropout import LockedDropout, dropout
 from lmlab.models.gru import GRULayer
 from lmlab.models.linear_cross_entropy import linear_cross_entropy
@@ -58,6 +61,7 @@ class RecurrentLM(nn.Module):
         compiled_cell: bool = True,
         activation_reg: float = 0.0,
         temporal_reg: float = 0.0,
+        output_cutoffs: list[int] = (),
     ):
         super().__init__()
         if (cell, impl) not in LAYERS:
@@ -94,6 +98,12 @@ class RecurrentLM(nn.Module):
         if not tie_weights:
             nn.init.uniform_(self.decoder.weight, -init_range, init_range)
         nn.init.zeros_(self.decoder.bias)
+        # A clustered (adaptive) softmax over the same word vectors: most of the output layer's work skipped.
+        self.clusters = None
+        if output_cutoffs:
+            self.clusters = ClusteredOutput(sizes[-1], vocab_size, output_cutoffs, bias=True)
+            nn.init.uniform_(self.clusters.cluster.weight, -init_range, init_range)
+            nn.init.zeros_(self.clusters.cluster.bias)
 
     def initial_state(self, batch_size: int, like):
         return [layer.initial_state(batch_size, like) for layer in self.layers]
@@ -109,6 +119,8 @@ class RecurrentLM(nn.Module):
             x = self.drop_layer(raw) if k < len(self.layers) - 1 else self.drop_out(raw)
         if self.training and (self.activation_reg or self.temporal_reg):
             self.regularization = self._activation_penalty(raw, x)
+        if self.clusters is not None:  # log-probabilities serve as logits
+            return self.clusters(x, self.decoder, targets), new_state
         if targets is not None:
             return linear_cross_entropy(x, self.decoder.weight, self.decoder.bias, targets), new_state
         return self.decoder(x), new_state

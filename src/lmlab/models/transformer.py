@@ -1,6 +1,7 @@
 """GPT-style causal Transformer decoder from tensor operations.
 
-token + learned position embeddings -> L pre-LN blocks [x + attn(LN(x)); x + mlp(LN(x))] -> LN -> logits.
+token + learned position embeddings -> L pre-LN blocks [x + attn(LN(x)); x + mlp(LN(x))] -> LN -> logits
+(``output_cutoffs``: a clustered softmax over the same word vectors, lmlab.models.adaptive_softmax).
 
 Module and parameter names follow ``torch.nn.TransformerEncoderLayer(norm_first=True)`` (``self_attn.
 in_proj_weight``, ``linear1``, ``norm1``, ...), so with ``impl = "nn"`` the same state dict drives the
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.models.adaptive_softmax import ClusteredOutput
 from lmlab.models.dropout import Dropout, dropout
 from lmlab.models.linear_cross_entropy import linear_cross_entropy
 
@@ -148,6 +150,7 @@ class TransformerLM(nn.Module):
         tie_weights: bool = True,
         attn_impl: str = "sdpa",
         init_std: float = 0.02,
+        output_cutoffs: list[int] = (),
     ):
         super().__init__()
         from lmlab.models.nn_twins import TorchBlock  # the nn twin of Block
@@ -166,6 +169,8 @@ class TransformerLM(nn.Module):
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         if tie_weights:
             self.head.weight = self.tok_emb.weight
+        # A clustered (adaptive) softmax over the same word vectors: most of the output layer's work skipped.
+        self.clusters = ClusteredOutput(d_model, vocab_size, output_cutoffs, bias=False) if output_cutoffs else None
         self._init_weights(n_layers, init_std)
 
     def _init_weights(self, n_layers: int, std: float) -> None:
@@ -198,6 +203,8 @@ class TransformerLM(nn.Module):
         x = self.drop(self.tok_emb(tokens) + self.pos_emb(positions))
         for k, block in enumerate(self.blocks):
             x = block(x) if cache is None else block(x, cache[k])
+        if self.clusters is not None:  # log-probabilities serve as logits
+            return self.clusters(self.norm_f(x), self.head, targets)
         if targets is not None:
             return linear_cross_entropy(self.norm_f(x), self.head.weight, self.head.bias, targets)
         return self.head(self.norm_f(x))
