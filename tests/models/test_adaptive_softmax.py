@@ -100,10 +100,17 @@ def test_a_model_with_clusters_trains_on_the_loss_its_log_probabilities_give(arc
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(log_probs.reshape(-1, V), y.reshape(-1)))
 
 
-@pytest.mark.parametrize("cutoffs", [[0], [10, 10], [30, 10], [V]])
-def test_cutoffs_outside_the_vocabulary_or_not_rising_are_a_one_line_error(cutoffs):
+@pytest.mark.parametrize("cutoffs", [[0], [10, 10], [30, 10], [-5], [60, 40]])
+def test_cutoffs_that_do_not_rise_from_above_zero_are_a_one_line_error(cutoffs):
     with pytest.raises(LmlabError, match="output_cutoffs"):
         check_cutoffs(cutoffs, V)
+
+
+def test_cutoffs_past_a_small_vocabulary_leave_it_the_full_softmax():
+    """A preset's [2000] on a corpus of fewer words: the clusters past the vocabulary are dropped."""
+    assert check_cutoffs([10, 30, 60], V) == [10, 30] and check_cutoffs([V], V) == []
+    model = build_model(dict(MODELS["lstm"], impl="scratch", output_cutoffs=[2000]), V)
+    assert model.clusters is None
 
 
 def test_train_score_and_sample_with_a_clustered_softmax(tiny_corpus, tmp_path, capsys):

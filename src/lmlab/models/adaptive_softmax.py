@@ -31,8 +31,11 @@ from lmlab.models.linear_cross_entropy import linear_cross_entropy
 
 
 def check_cutoffs(cutoffs: list[int], vocab_size: int) -> list[int]:
-    """The cutoffs as a list, or a one-line error naming the fix."""
+    """The cutoffs that fall inside the vocabulary (a preset's [2000] leaves a smaller corpus's vocabulary with
+    the full softmax: [] back), or a one-line error naming the fix."""
     cutoffs = [int(c) for c in cutoffs]
+    if cutoffs and cutoffs[-1] >= vocab_size and all(b > a for a, b in zip(cutoffs, cutoffs[1:])):
+        cutoffs = [c for c in cutoffs if c < vocab_size]
     if any(b <= a for a, b in zip([0] + cutoffs, cutoffs + [vocab_size])):
         raise LmlabError(f"model.output_cutoffs={cutoffs} must rise strictly between 0 and the vocabulary size "
                          f"({vocab_size}): e.g. [2000], or [] for the full softmax")
@@ -86,11 +89,11 @@ def adaptive_log_probs(hidden, weight, bias, cluster_weight, cluster_bias, cutof
 
 class ClusteredOutput(torch.nn.Module):
     """The tail clusters' head entries (a vector each, and a bias where the output layer has biases) for a model's
-    output layer ``decoder``; the model initialises them as its own output layer."""
+    output layer ``decoder``; the model initialises them as its own output layer. ``cutoffs``: checked ones."""
 
-    def __init__(self, width: int, vocab_size: int, cutoffs: list[int], bias: bool):
+    def __init__(self, width: int, cutoffs: list[int], bias: bool):
         super().__init__()
-        self.cutoffs = check_cutoffs(cutoffs, vocab_size)
+        self.cutoffs = cutoffs
         self.cluster = torch.nn.Linear(width, len(self.cutoffs), bias=bias)
 
     def forward(self, hidden, decoder: torch.nn.Linear, targets=None):

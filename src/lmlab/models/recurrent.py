@@ -24,7 +24,7 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.models import nn_twins
-from lmlab.models.adaptive_softmax import ClusteredOutput
+from lmlab.models.adaptive_softmax import ClusteredOutput, check_cutoffs
 from lmlab.models.dropout import LockedDropout, dropout
 from lmlab.models.gru import GRULayer
 from lmlab.models.linear_cross_entropy import linear_cross_entropy
@@ -100,8 +100,8 @@ class RecurrentLM(nn.Module):
         nn.init.zeros_(self.decoder.bias)
         # A clustered (adaptive) softmax over the same word vectors: most of the output layer's work skipped.
         self.clusters = None
-        if output_cutoffs:
-            self.clusters = ClusteredOutput(sizes[-1], vocab_size, output_cutoffs, bias=True)
+        if cutoffs := check_cutoffs(output_cutoffs, vocab_size):
+            self.clusters = ClusteredOutput(sizes[-1], cutoffs, bias=True)
             nn.init.uniform_(self.clusters.cluster.weight, -init_range, init_range)
             nn.init.zeros_(self.clusters.cluster.bias)
 

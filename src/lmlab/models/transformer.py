@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlab.models.adaptive_softmax import ClusteredOutput
+from lmlab.models.adaptive_softmax import ClusteredOutput, check_cutoffs
 from lmlab.models.dropout import Dropout, dropout
 from lmlab.models.linear_cross_entropy import linear_cross_entropy
 
@@ -170,7 +170,8 @@ class TransformerLM(nn.Module):
         if tie_weights:
             self.head.weight = self.tok_emb.weight
         # A clustered (adaptive) softmax over the same word vectors: most of the output layer's work skipped.
-        self.clusters = ClusteredOutput(d_model, vocab_size, output_cutoffs, bias=False) if output_cutoffs else None
+        cutoffs = check_cutoffs(output_cutoffs, vocab_size)
+        self.clusters = ClusteredOutput(d_model, cutoffs, bias=False) if cutoffs else None
         self._init_weights(n_layers, init_std)
 
     def _init_weights(self, n_layers: int, std: float) -> None:
