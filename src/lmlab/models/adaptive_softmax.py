@@ -100,3 +100,14 @@ class ClusteredOutput(torch.nn.Module):
         if targets is None:
             return adaptive_log_probs(*args, self.cutoffs)
         return adaptive_cross_entropy(*args, targets, self.cutoffs)
+
+
+def vocabulary_output(hidden, decoder: torch.nn.Linear, clusters: ClusteredOutput | None, targets=None):
+    """A model's last step: with ``targets`` the mean cross-entropy (the output layer fused with it), without
+    them scores over the vocabulary: logits, or with ``clusters`` log-probabilities, whose softmax is the same
+    distribution, so scoring and sampling read both alike."""
+    if clusters is not None:
+        return clusters(hidden, decoder, targets)
+    if targets is not None:
+        return linear_cross_entropy(hidden, decoder.weight, decoder.bias, targets)
+    return decoder(hidden)

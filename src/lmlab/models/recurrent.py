@@ -24,10 +24,9 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.models import nn_twins
-from lmlab.models.adaptive_softmax import ClusteredOutput, check_cutoffs
+from lmlab.models.adaptive_softmax import ClusteredOutput, check_cutoffs, vocabulary_output
 from lmlab.models.dropout import LockedDropout, dropout
 from lmlab.models.gru import GRULayer
-from lmlab.models.linear_cross_entropy import linear_cross_entropy
 from lmlab.models.lstm import LSTMLayer
 from lmlab.models.rnn import ElmanLayer, NormalizedElmanLayer
 
@@ -119,11 +118,7 @@ class RecurrentLM(nn.Module):
             x = self.drop_layer(raw) if k < len(self.layers) - 1 else self.drop_out(raw)
         if self.training and (self.activation_reg or self.temporal_reg):
             self.regularization = self._activation_penalty(raw, x)
-        if self.clusters is not None:  # log-probabilities serve as logits
-            return self.clusters(x, self.decoder, targets), new_state
-        if targets is not None:
-            return linear_cross_entropy(x, self.decoder.weight, self.decoder.bias, targets), new_state
-        return self.decoder(x), new_state
+        return vocabulary_output(x, self.decoder, self.clusters, targets), new_state
 
     def _word_vectors(self, tokens):
         """The tokens' word vectors. While training with ``dropout_words`` (AWD-LSTM's embedding dropout, Gal &

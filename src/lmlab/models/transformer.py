@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlab.models.adaptive_softmax import ClusteredOutput, check_cutoffs
+from lmlab.models.adaptive_softmax import ClusteredOutput, check_cutoffs, vocabulary_output
 from lmlab.models.dropout import Dropout, dropout
-from lmlab.models.linear_cross_entropy import linear_cross_entropy
 
 
 class _LayerNormFunction(torch.autograd.Function):
@@ -204,8 +203,4 @@ class TransformerLM(nn.Module):
         x = self.drop(self.tok_emb(tokens) + self.pos_emb(positions))
         for k, block in enumerate(self.blocks):
             x = block(x) if cache is None else block(x, cache[k])
-        if self.clusters is not None:  # log-probabilities serve as logits
-            return self.clusters(self.norm_f(x), self.head, targets)
-        if targets is not None:
-            return linear_cross_entropy(self.norm_f(x), self.head.weight, self.head.bias, targets)
-        return self.head(self.norm_f(x))
+        return vocabulary_output(self.norm_f(x), self.head, self.clusters, targets)
