@@ -316,3 +316,21 @@ def test_a_task_run_from_a_domain_start_is_compared_with_the_run_from_base_quest
     assert -1 <= low <= 0.25 <= high <= 1
     [line] = [x for x in analysis_lines(found, {}) if "vs task from base" in x]
     assert "paired over the 4 questions: +0.250" in line and "2 right only from the domain start, 1 only from base" in line
+
+
+def test_the_report_names_rows_made_from_an_earlier_training(tmp_path):
+    """Cross-domain and sample rows record the digest of the final.json they were made from: where a later run
+    replaced that training and the rows were not made again, the report says so and names their run."""
+    from lmlab.report.document import _earlier_training
+
+    layout = StudyLayout(tmp_path)
+    for model in ("rnn", "lstm"):
+        layout.ptb_run(model).mkdir(parents=True)
+        (layout.ptb_run(model) / rundir.FINAL).write_text(f'{{"model": "{model}"}}')
+    current = rundir.final_digest(layout.ptb_run("rnn"))
+    rows = [{"model": "rnn", "made_from": current, "run": "ptb/rnn"},
+            {"model": "lstm", "made_from": "0123456789abcdef", "run": "ptb/lstm-2026-11-28"},
+            {"model": "smollm2-135m", "made_from": "fedcba9876543210"}]  # not a PTB run: nothing to compare
+    assert _earlier_training(rows, layout) == [
+        "Made with an earlier training than the PTB table above: **lstm** (`ptb/lstm-2026-11-28`).", ""]
+    assert _earlier_training(rows[:1], layout) == []

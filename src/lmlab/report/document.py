@@ -64,11 +64,13 @@ def build_markdown(layout: StudyLayout, config: StudyConfig, preset: str, finetu
                   "![scaling](scaling/scaling.png)", ""]
     cross = layout.cross_domain / "cross_domain.md"
     if cross.is_file():
-        parts += ["## Across domains", "", cross.read_text(), "", "![cross-domain chart](cross_domain/cross_domain.png)", ""]
+        parts += ["## Across domains", "", cross.read_text(), "", "![cross-domain chart](cross_domain/cross_domain.png)", "",
+                  *_earlier_training(rundir.read_json(layout.cross_domain / "cross_domain.json"), layout)]
     samples = rundir.read_json(layout.samples) if layout.samples.is_file() else None
     if samples:
         first_prompt = samples["samples"][0]["prompt"]
-        parts += ["## Samples", "", summary_table(samples["summary"]).strip(), "",
+        parts += ["## Samples", "", *_earlier_training(samples["samples"], layout),
+                  summary_table(samples["summary"]).strip(), "",
                   side_by_side([s for s in samples["samples"] if s["prompt"] == first_prompt]).strip(), ""]
     dpo_runs = dpo_results(layout, config)
     rl_run = rl_result(layout)
@@ -76,6 +78,19 @@ def build_markdown(layout: StudyLayout, config: StudyConfig, preset: str, finetu
     parts += ["## Analysis (generated from the numbers above)", "",
               *analysis(layout, finals, samples, finetunes, dpo_runs), *rl_lines(rl_run), ""]
     return "\n".join(parts)
+
+
+def _earlier_training(rows: list[dict], layout: StudyLayout) -> list[str]:
+    """A sentence naming the models whose rows were made from another training than the PTB run in the table
+    above (``made_from``, the digest of the run's final.json, differs): a later run replaced the checkpoint, and
+    these rows were not made again. Empty when every row belongs to the current runs."""
+    current = {m: rundir.final_digest(layout.ptb_run(m)) for m in {r["model"] for r in rows}}
+    earlier = sorted({r["model"] for r in rows if current[r["model"]] and r.get("made_from") not in (None, current[r["model"]])})
+    if not earlier:
+        return []
+    runs = {r["model"]: r["run"] for r in rows if r["model"] in earlier and r.get("run")}
+    named = ", ".join(f"**{m}**" + (f" (`{runs[m]}`)" if m in runs else "") for m in earlier)
+    return [f"Made with an earlier training than the PTB table above: {named}.", ""]
 
 
 def _devices(finals: dict, layout: StudyLayout, config: StudyConfig) -> list[str]:
