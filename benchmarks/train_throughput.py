@@ -74,10 +74,10 @@ ZIPF = 1.0 / torch.arange(1, VOCAB + 1, dtype=torch.float64)
 ZIPF /= ZIPF.sum()
 
 
-def output_flops(m: dict, width: int) -> float:
-    """Forward matmul FLOPs per token of the output layer: every word, or with ``output_cutoffs`` the head's words and
-    clusters plus each tail cluster's words times the share of (Zipf) targets that fall in it."""
-    cutoffs = m.get("output_cutoffs") or []
+def output_flops(model: torch.nn.Module, width: int) -> float:
+    """Forward matmul FLOPs per token of the output layer: every word, or with the model's clusters the head's words
+    and clusters plus each tail cluster's words times the share of (Zipf) targets that fall in it."""
+    cutoffs = model.clusters.cutoffs if model.clusters is not None else []  # as built: cutoffs past VOCAB dropped
     if not cutoffs:
         return 2 * width * VOCAB
     bounds = cutoffs + [VOCAB]
@@ -89,10 +89,10 @@ def flops_per_token(cfg: dict, model: torch.nn.Module) -> float:
     m = cfg["model"]
     if m["arch"] == "transformer":
         d, ff, t, layers = m["d_model"], m["d_ff"], m["context_length"], m["n_layers"]
-        forward = layers * (2 * (4 * d * d + 2 * d * ff) + 4 * t * d) + output_flops(m, d)
+        forward = layers * (2 * (4 * d * d + 2 * d * ff) + 4 * t * d) + output_flops(model, d)
     else:  # every layer's own shapes: tied, the last layer is as wide as the embedding
         forward = sum(2 * (layer.weight_ih_l0.numel() + layer.weight_hh_l0.numel()) for layer in model.layers)
-        forward += output_flops(m, model.decoder.weight.size(1))
+        forward += output_flops(model, model.decoder.weight.size(1))
     return 3 * forward
 
 

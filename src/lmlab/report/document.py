@@ -85,7 +85,8 @@ def _earlier_training(rows: list[dict], layout: StudyLayout) -> list[str]:
     above (``made_from``, the digest of the run's final.json, differs): a later run replaced the checkpoint, and
     these rows were not made again. Empty when every row belongs to the current runs."""
     current = {m: rundir.final_digest(layout.ptb_run(m)) for m in {r["model"] for r in rows}}
-    earlier = sorted({r["model"] for r in rows if current[r["model"]] and r.get("made_from") not in (None, current[r["model"]])})
+    earlier = sorted({r["model"] for r in rows
+                      if current[r["model"]] and r.get("made_from") not in (None, current[r["model"]])})
     if not earlier:
         return []
     runs = {r["model"]: r["run"] for r in rows if r["model"] in earlier and r.get("run")}
