@@ -175,6 +175,36 @@ def test_weight_average_is_the_mean_of_the_weights_after_each_sampled_step_from_
     assert restored.count == average.count
 
 
+def test_a_decayed_average_is_the_uniform_mean_until_its_sample_weight_then_an_exponential_one():
+    from lmlab.training.averaging import WeightAverage
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    # every 2 steps with decay 0.75 ** 0.5 per step: each sample weighs 1 - 0.75 = 1/4, so the first four samples
+    # are averaged uniformly (1, 1/2, 1/3, 1/4) and each later one takes a quarter
+    average, seen = WeightAverage(start_step=3, every=2, decay=0.75 ** 0.5), []
+    for step in range(1, 18):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        average.update(net, step)
+        if step >= 3 and (step - 3) % 2 == 0:
+            seen.append(net.weight.detach().clone())
+    assert average.count == len(seen) == 8
+    expected = torch.stack(seen[:4]).mean(0) * 0.75 ** 4
+    for age, sample in enumerate(reversed(seen[4:])):
+        expected += 0.25 * 0.75 ** age * sample
+    torch.testing.assert_close(average.module.weight, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_an_average_decay_without_an_average_is_a_one_line_error(tiny_corpus, tmp_path, capsys):
+    args = ["train", "--model", "rnn", "--preset", "smoke", "--out", str(tmp_path / "run"),
+            *tiny(tiny_corpus, "--set", "optim.average_decay=0.999")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "optim.average_from" in err[0]
+
+
 def test_an_averaged_run_validates_both_weights_keeps_the_better_and_resumes_exactly(tiny_corpus, tmp_path,
                                                                                     monkeypatch):
     from lmlab.recipes import train as train_recipe

@@ -100,6 +100,7 @@ class WordOptim:
     anneal_factor: float = key(min=1.0)    # schedule = "plateau": lr divided by this after a worse epoch
     clip: float = key(min=0.0)             # gradient-norm clipping (0 = off)
     average_from: float = key(min=0.0, max=1.0)  # > 0: also keep the weights' mean from this share of the steps
+    average_decay: float = key(min=0.0, below=1.0)  # 0: that mean is uniform; d > 0: an EMA, decay d per step
 
 
 @dataclass

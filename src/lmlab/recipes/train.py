@@ -5,8 +5,9 @@ The steps, top to bottom: config -> runtime -> data -> model (its family) -> opt
 
 Run directory (lmlab.training.rundir): config.json, vocab.txt, metrics.jsonl (one line per epoch), last.pt
 (resume), best.pt (lowest validation loss), final.json (lmlab.results.TrainFinal), curves.png. With
-``optim.average_from`` the run also keeps the mean of its weights over the end of training
-(lmlab.training.averaging), validates it beside the raw weights and keeps the better of the two.
+``optim.average_from`` the run also keeps the mean of its weights over the end of training (uniform, or an
+exponential moving average with ``optim.average_decay``; lmlab.training.averaging), validates it beside the raw
+weights and keeps the better of the two.
 """
 
 from __future__ import annotations
@@ -171,6 +172,9 @@ def _plan_text(t) -> str:
 
 def _setup(cfg: TrainConfig, out: Path, family, rt) -> _Run:
     """Data, model, optimiser and schedule, in the order that fixes every random draw."""
+    if cfg.optim.average_decay and not cfg.optim.average_from:
+        raise LmlabError(f"optim.average_decay={cfg.optim.average_decay} has no average to decay: give "
+                         "optim.average_from, the share of the steps it starts at (e.g. --set optim.average_from=0.3)")
     runtime.seed_everything(cfg.train.seed)
     corpus = load_word_corpus(cfg.data.corpus)
     if rt.is_main:
@@ -201,7 +205,8 @@ def _setup(cfg: TrainConfig, out: Path, family, rt) -> _Run:
     o, total_steps = cfg.optim, t.steps or t.epochs * steps_per_epoch
     sched = schedule.scheduler(optimizer, o.schedule, total_steps, o.warmup_steps, o.min_lr_ratio, o.anneal_factor,
                                t.plan)
-    average = WeightAverage(max(1, math.ceil(o.average_from * total_steps)) if o.average_from else math.inf)
+    average = WeightAverage(max(1, math.ceil(o.average_from * total_steps)) if o.average_from else math.inf,
+                            decay=o.average_decay)
     run = _Run(cfg, out, family, rt, corpus, streams, net, train_model, optimizer, sched, steps_per_epoch,
                MetricsLogger(out, cfg.log.tensorboard, rt.is_main), Best(cfg.train.patience), average)
     run.progress["elapsed"] = spent  # the budget's measurement counts against it

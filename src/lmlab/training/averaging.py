@@ -1,5 +1,9 @@
 """Weight averaging over the end of a run: the uniform mean of the weights from a chosen step on (Polyak–Ruppert
-averaging; AWD-LSTM's averaged SGD, Merity et al. 2018; stochastic weight averaging, Izmailov et al. 2018).
+averaging; AWD-LSTM's averaged SGD, Merity et al. 2018; stochastic weight averaging, Izmailov et al. 2018), or,
+with a decay, an exponential moving average of the weights that forgets old ones (the averaging of the latest
+weights of Kaddour 2022, "Stop Wasting My Time!", in the EMA form that Hägele et al. 2024 compare with a
+cool-down). A uniform mean started mid-run carries weights from the schedule's high rates to the end, which
+costs it the end of a run whose rate decays; an EMA keeps about the last ``1 / (1 - decay)`` steps.
 
 Averaging never changes the trajectory: training keeps stepping the raw weights, and the mean is a second
 copy beside them. So each validation scores both, and a run's best checkpoint is whichever of the two was
@@ -21,10 +25,16 @@ import torch
 
 
 class WeightAverage:
-    """The running mean of ``net``'s parameters after the steps ``start_step``, ``start_step + every``, ..."""
+    """The running mean of ``net``'s parameters after the steps ``start_step``, ``start_step + every``, ...
 
-    def __init__(self, start_step: int | float, every: int = 10):
+    ``decay`` = 0: the uniform mean of those samples. ``decay`` = d > 0 (per optimiser step): each sample weighs
+    ``1 - d ** every``, the EMA a per-step update with decay d would give, except that the first samples are
+    averaged uniformly until that weight is reached (else the copy made at ``start_step`` would linger for the
+    horizon's length; the same warm-up as timm's ``ModelEmaV3``)."""
+
+    def __init__(self, start_step: int | float, every: int = 10, decay: float = 0.0):
         self.start_step, self.every = start_step, every
+        self.sample_weight = 1.0 - decay ** every if decay else 0.0  # 0: no floor, the uniform mean
         self.module: torch.nn.Module | None = None  # made at the first averaged step: no copy before it is needed
         self.count = 0
 
@@ -39,8 +49,8 @@ class WeightAverage:
         if self.module is None:
             self.module = copy.deepcopy(net)
         self.count += 1
-        with torch.no_grad():  # mean_n = mean_{n-1} + (w - mean_{n-1}) / n
-            torch._foreach_lerp_(_tensors(self.module), _tensors(net), 1.0 / self.count)
+        with torch.no_grad():  # mean_n = mean_{n-1} + (w - mean_{n-1}) * max(1 / n, 1 - d^every)
+            torch._foreach_lerp_(_tensors(self.module), _tensors(net), max(1.0 / self.count, self.sample_weight))
 
     def state_dict(self) -> dict | None:
         return {"weights": self.module.state_dict(), "count": self.count} if self.active else None
