@@ -116,7 +116,8 @@ def test_missing_corpus_and_bad_names_are_one_line_errors(tmp_path):
 def test_a_corpus_too_small_for_one_batch_is_one_line(model, tiny_corpus, tmp_path, capsys):
     code = main(["train", "--model", model, "--preset", "smoke", "--out", str(tmp_path / "r"),
                  *tiny(tiny_corpus, "--set", "data.max_train_tokens=10")])
-    err = capsys.readouterr().err.strip().splitlines()
+    # progress lines may come first (a process's first LSTM loads the compiled cell and says so); the error is one
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("loading the compiled")]
     assert code == 2 and len(err) == 1 and "too small for one batch" in err[0]
 
 
@@ -197,12 +198,13 @@ def test_a_decayed_average_is_the_uniform_mean_until_its_sample_weight_then_an_e
     torch.testing.assert_close(average.module.weight, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_an_average_decay_without_an_average_is_a_one_line_error(tiny_corpus, tmp_path, capsys):
-    args = ["train", "--model", "rnn", "--preset", "smoke", "--out", str(tmp_path / "run"),
+def test_an_average_decay_without_an_average_trains_raw_weights_and_says_so(tiny_corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--model", "rnn", "--preset", "smoke", "--out", str(run),
             *tiny(tiny_corpus, "--set", "optim.average_decay=0.999")]
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "optim.average_from" in err[0]
+    assert main(args) == 0
+    assert "optim.average_decay=0.999 is unused" in capsys.readouterr().err
+    assert all("valid_ppl_averaged" not in r for r in rows(run))
 
 
 def test_an_averaged_run_validates_both_weights_keeps_the_better_and_resumes_exactly(tiny_corpus, tmp_path,

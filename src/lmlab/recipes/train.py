@@ -172,9 +172,9 @@ def _plan_text(t) -> str:
 
 def _setup(cfg: TrainConfig, out: Path, family, rt) -> _Run:
     """Data, model, optimiser and schedule, in the order that fixes every random draw."""
-    if cfg.optim.average_decay and not cfg.optim.average_from:
-        raise LmlabError(f"optim.average_decay={cfg.optim.average_decay} has no average to decay: give "
-                         "optim.average_from, the share of the steps it starts at (e.g. --set optim.average_from=0.3)")
+    if cfg.optim.average_decay and not cfg.optim.average_from:  # e.g. averaging turned off on a preset that has it
+        log.warning("optim.average_decay=%g is unused: optim.average_from=0 keeps no average (give the share of the "
+                    "steps it starts at, e.g. --set optim.average_from=0.3)", cfg.optim.average_decay)
     runtime.seed_everything(cfg.train.seed)
     corpus = load_word_corpus(cfg.data.corpus)
     if rt.is_main:
