@@ -181,15 +181,16 @@ def _setup(cfg: TrainConfig, out: Path, family, rt) -> _Run:
         corpus.vocab.save(out / rundir.VOCAB)
     streams = {s: lm_pairs(_cap(ids, cfg.data, s), corpus.vocab.eos_id) for s, ids in corpus.splits.items()}
     n_train = streams["train"][0].numel()
+    # before the model: a split too small for one batch fails at once, not after a compiled cell's first build
+    steps_per_epoch = family.steps_per_epoch(n_train, cfg.data, cfg.model)
+    if steps_per_epoch < 1:
+        raise LmlabError(family.too_small(n_train, cfg.data))
     net = family.build(to_dict(cfg.model), len(corpus.vocab)).to(rt.device)
     kernels.build_ahead(net)  # a first build of a compiled cell takes about 40 s: not on the budget's clock
     optimizer = make_optimizer(net, cfg.optim)
     train_model = DistributedDataParallel(net) if rt.distributed else net
     if cfg.train.compile:
         train_model = torch.compile(train_model)
-    steps_per_epoch = family.steps_per_epoch(n_train, cfg.data, cfg.model)
-    if steps_per_epoch < 1:
-        raise LmlabError(family.too_small(n_train, cfg.data))
     t, spent = cfg.train, 0.0
     if t.plan:
         _check_plan(t)
