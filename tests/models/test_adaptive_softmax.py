@@ -13,6 +13,7 @@ from lmlab.cli import main
 from lmlab.data.batching import IGNORE
 from lmlab.errors import LmlabError
 from lmlab.families import build_model
+from lmlab.models import linear_cross_entropy as lce
 from lmlab.models.adaptive_softmax import adaptive_cross_entropy, adaptive_log_probs, check_cutoffs
 
 V, D, CUTOFFS = 50, 8, [10, 30]
@@ -74,6 +75,43 @@ def test_a_normalised_distribution_whose_mean_negative_log_probability_is_the_tr
     for ours, theirs in zip(torch.autograd.grad(fused, [hidden, w, b, wc, bc]),
                             torch.autograd.grad(reference, [hidden, w, b, wc, bc])):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("upstream", [1.0, 3.0])
+def test_the_one_node_training_loss_equals_the_log_probabilities_mean_across_chunks_and_an_empty_cluster(
+        with_bias, upstream, monkeypatch):
+    """The CPU training path (one autograd node writing every part's gradient into one word-vector gradient)
+    against the log-probabilities scored by F.cross_entropy: loss and gradients, with ignored targets, a tail
+    cluster no target falls in, several chunks of rows, and an upstream gradient of 1 (the gradients are handed
+    over uncopied) or not."""
+    monkeypatch.setattr(lce, "CHUNK", 16)
+    w, b, wc, bc = weights(torch.float32)
+    if not with_bias:
+        b = bc = None
+    hidden = torch.randn(70, D, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    targets = torch.randint(CUTOFFS[1], generator=torch.Generator().manual_seed(3), size=(70,))  # none in [30, 50)
+    targets[::9] = IGNORE
+    leaves = [t for t in (hidden, w, b, wc, bc) if t is not None]
+    fused = adaptive_cross_entropy(hidden, w, b, wc, bc, targets, CUTOFFS)
+    log_probs = adaptive_log_probs(hidden, w, b, wc, bc, CUTOFFS)
+    reference = torch.nn.functional.cross_entropy(log_probs, targets, ignore_index=IGNORE)
+    torch.testing.assert_close(fused, reference, rtol=1e-6, atol=1e-6)
+    for ours, theirs in zip(torch.autograd.grad(upstream * fused, leaves),
+                            torch.autograd.grad(upstream * reference, leaves)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_accumulate_over_two_backward_passes_of_one_loss():
+    """backward() twice (retain_graph): the word vectors' gradient doubles. The first pass hands its stored
+    gradient over uncopied only when nothing else holds it."""
+    w, b, wc, bc = weights(torch.float32)
+    hidden, targets = torch.randn(20, D), torch.arange(20) * 3 % V
+    loss = adaptive_cross_entropy(hidden, w, b, wc, bc, targets, CUTOFFS)
+    loss.backward(retain_graph=True)
+    once = w.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(w.grad, 2 * once)
 
 
 MODELS = {"rnn": dict(arch="rnn", emb_size=8, hidden_size=8, num_layers=2),
