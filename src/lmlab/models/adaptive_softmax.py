@@ -52,6 +52,18 @@ def _tails(cutoffs, vocab_size):
     return list(zip(cutoffs, cutoffs[1:] + [vocab_size]))
 
 
+def _split_targets(targets, cutoffs, vocab_size):
+    """The head's targets (a tail word's becomes its cluster's entry), and per tail cluster (lo, hi, the rows whose
+    target lies in it)."""
+    head_targets = targets.clone()
+    tails = []
+    for cluster, (lo, hi) in enumerate(_tails(cutoffs, vocab_size)):
+        rows = ((targets >= lo) & (targets < hi)).nonzero().squeeze(1)
+        head_targets[rows] = cutoffs[0] + cluster
+        tails.append((lo, hi, rows))
+    return head_targets, tails
+
+
 def adaptive_cross_entropy(hidden, weight, bias, cluster_weight, cluster_bias, targets, cutoffs):
     """Mean cross-entropy of the clustered softmax over ``targets`` (IGNORE skipped): -log p(c(w)) at every
     position, plus -log p(w | c(w)) at the positions whose target lies in a tail cluster.
@@ -66,20 +78,17 @@ def adaptive_cross_entropy(hidden, weight, bias, cluster_weight, cluster_bias, t
 def composed_adaptive_cross_entropy(hidden, weight, bias, cluster_weight, cluster_bias, targets, cutoffs):
     """The same loss composed of one output layer + cross-entropy per part, autograd joining their gradients: the
     path on CUDA, in float64 and under torch.compile (hidden: (N, D), targets: (N,))."""
-    c0 = cutoffs[0]
-    head_targets = targets.clone()
+    head_targets, tails = _split_targets(targets, cutoffs, weight.size(0))
     total = hidden.new_zeros(())
-    for cluster, (lo, hi) in enumerate(_tails(cutoffs, weight.size(0))):
-        rows = ((targets >= lo) & (targets < hi)).nonzero().squeeze(1)
-        head_targets[rows] = c0 + cluster
+    for lo, hi, rows in tails:
         if rows.numel():
             tail_bias = None if bias is None else bias[lo:hi]
             # linear_cross_entropy gives a mean over its rows: times the rows, a sum.
             total = total + rows.numel() * linear_cross_entropy(hidden[rows], weight[lo:hi], tail_bias,
                                                                 targets[rows] - lo)
     scored = (targets != IGNORE).sum()
-    total = total + scored * linear_cross_entropy(hidden, *_head(weight, bias, cluster_weight, cluster_bias, c0),
-                                                  head_targets)
+    total = total + scored * linear_cross_entropy(
+        hidden, *_head(weight, bias, cluster_weight, cluster_bias, cutoffs[0]), head_targets)
     return total / scored.clamp(min=1)
 
 
@@ -94,44 +103,36 @@ class _AdaptiveCrossEntropy(torch.autograd.Function):
         c0 = cutoffs[0]
         valid = targets != IGNORE
         scale = 1.0 / valid.sum().clamp(min=1)  # every scored position weighs the same: the mean over them
-        head_targets = targets.clone()
+        head_targets, tails = _split_targets(targets, cutoffs, weight.size(0))
         grad_weight = torch.empty_like(weight)
         grad_bias = None if bias is None else torch.empty_like(bias)
         total = hidden.new_zeros(())
-        tail_rows = []
-        for cluster, (lo, hi) in enumerate(_tails(cutoffs, weight.size(0))):
-            rows = ((targets >= lo) & (targets < hi)).nonzero().squeeze(1)
-            head_targets[rows] = c0 + cluster
+        tail_grads = []
+        for lo, hi, rows in tails:
             grad_rows = hidden.new_empty(rows.numel(), hidden.size(1))
             total += scored_rows(hidden[rows], weight[lo:hi], None if bias is None else bias[lo:hi], targets[rows] - lo,
                                  scale.expand(rows.numel()), grad_rows, grad_weight[lo:hi],
                                  None if bias is None else grad_bias[lo:hi])
-            tail_rows.append((rows, grad_rows))
+            tail_grads.append((rows, grad_rows))
         head_weight, head_bias = _head(weight, bias, cluster_weight, cluster_bias, c0)
         grad_hidden = torch.empty_like(hidden)
         grad_head_weight = torch.empty_like(head_weight)
         grad_head_bias = None if head_bias is None else torch.empty_like(head_bias)
         total += scored_rows(hidden, head_weight, head_bias, head_targets, valid * scale, grad_hidden,
                              grad_head_weight, grad_head_bias)
-        for rows, grad_rows in tail_rows:
+        for rows, grad_rows in tail_grads:
             grad_hidden.index_add_(0, rows, grad_rows)
         grad_weight[:c0] = grad_head_weight[:c0]
-        grads = [grad_hidden, grad_weight, grad_head_weight[c0:]]
         if bias is not None:
             grad_bias[:c0] = grad_head_bias[:c0]
-            grads += [grad_bias, grad_head_bias[c0:]]
-        ctx.save_for_backward(*grads)
-        ctx.has_bias = bias is not None
+        # In the inputs' order; None where there is no bias.
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias, grad_head_weight[c0:],
+                              None if grad_head_bias is None else grad_head_bias[c0:])
         return total
 
     @staticmethod
     def backward(ctx, grad_loss):
-        if ctx.has_bias:
-            grad_hidden, grad_weight, grad_cluster_weight, grad_bias, grad_cluster_bias = ctx.saved_tensors
-        else:
-            (grad_hidden, grad_weight, grad_cluster_weight), grad_bias, grad_cluster_bias = ctx.saved_tensors, None, None
-        grads = (grad_hidden, grad_weight, grad_bias, grad_cluster_weight, grad_cluster_bias)
-        return (*scaled_gradients(grads, grad_loss), None, None)
+        return (*scaled_gradients(ctx.saved_tensors, grad_loss), None, None)
 
 
 def adaptive_log_probs(hidden, weight, bias, cluster_weight, cluster_bias, cutoffs):

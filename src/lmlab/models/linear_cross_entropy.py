@@ -107,16 +107,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         scale = 1.0 / valid.sum().clamp(min=1)
         grads = (torch.empty_like(hidden), torch.empty_like(weight), None if bias is None else torch.empty_like(bias))
         total = scored_rows(hidden, weight, bias, targets, valid * scale, *grads)
-        ctx.save_for_backward(*(g for g in grads if g is not None))
-        ctx.has_bias = bias is not None
+        ctx.save_for_backward(*grads)  # the bias's None included: saved_tensors gives it back
         return total
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grads = list(ctx.saved_tensors)
-        if not ctx.has_bias:
-            grads.append(None)
-        return (*scaled_gradients(grads, grad_loss), None)
+        return (*scaled_gradients(ctx.saved_tensors, grad_loss), None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
